@@ -1,0 +1,145 @@
+"""Process groups: torch.distributed through DeepSpeed, Megatron-Core's tensor/pipeline/data
+groups, and the adapter through which DeepSpeed sees them."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+from integration.config.schema import ClusterConfig
+from integration.layout import Layout
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """What the launcher (deepspeed runner, torchrun, or none) told this process."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @staticmethod
+    def from_environ() -> LaunchEnv:
+        return LaunchEnv(
+            rank=int(os.environ.get("RANK", 0)),
+            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+            world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        )
+
+    @property
+    def is_rank0(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_process_group(cluster: ClusterConfig, env: LaunchEnv) -> None:
+    """torch.distributed via deepspeed.init_distributed; a plain `python train.py` becomes a
+    one-process group so the single-process path is the multi-process path."""
+    if env.world_size == 1 and "MASTER_ADDR" not in os.environ:
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+        )
+    for key, value in cluster.env.items():
+        os.environ.setdefault(key, str(value))
+    if cluster.device == "cuda":
+        torch.cuda.set_device(env.local_rank)
+    else:
+        _skip_shared_memory_allreduce_build()
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=cluster.backend, verbose=False)
+
+
+def _skip_shared_memory_allreduce_build() -> None:
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce on start-up (~25 s on a fresh
+    machine) that only its inference all-reduce uses; training never calls it."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def init_model_parallel(layout: Layout) -> None:
+    from megatron.core import parallel_state
+
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=layout.tensor_parallel,
+        pipeline_model_parallel_size=layout.pipeline_parallel,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed on every rank: weights are initialised identically everywhere (tensor-parallel
+    shards are cut from the same full matrices) and Megatron's per-TP-rank dropout streams are set."""
+    import random
+
+    import numpy as np
+    from megatron.core import tensor_parallel
+
+    from integration.cpu_compat import apply_cpu_patches
+
+    apply_cpu_patches()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    torch.manual_seed(seed)
+
+
+class MegatronMpu:
+    """Megatron-Core's groups in the shape DeepSpeed's `mpu` argument expects. DeepSpeed's "model
+    parallel" means tensor parallel (it uses it for gradient-norm and ZeRO partitioning), so those
+    getters return the tensor-parallel group. Deliberately no `initialize_sequence_parallel`: ZeRO 1/2
+    treat its presence as Ulysses sequence parallelism and drop the model-parallel group."""
+
+    def __init__(self) -> None:
+        from megatron.core import parallel_state
+
+        self._ps = parallel_state
+
+    def get_model_parallel_rank(self) -> int:
+        return self._ps.get_tensor_model_parallel_rank()
+
+    def get_model_parallel_world_size(self) -> int:
+        return self._ps.get_tensor_model_parallel_world_size()
+
+    def get_model_parallel_group(self):
+        return self._ps.get_tensor_model_parallel_group()
+
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
+    get_tensor_model_parallel_group = get_model_parallel_group
+
+    def get_data_parallel_rank(self) -> int:
+        return self._ps.get_data_parallel_rank()
+
+    def get_data_parallel_world_size(self) -> int:
+        return self._ps.get_data_parallel_world_size()
+
+    def get_data_parallel_group(self):
+        return self._ps.get_data_parallel_group()
+
+    def get_pipeline_model_parallel_rank(self) -> int:
+        return self._ps.get_pipeline_model_parallel_rank()
+
+    def get_pipeline_model_parallel_world_size(self) -> int:
+        return self._ps.get_pipeline_model_parallel_world_size()
+
+    def get_pipeline_model_parallel_group(self):
+        return self._ps.get_pipeline_model_parallel_group()
+
+
+def teardown() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,94 @@
+"""Step runners: one global batch → one optimizer step, for each kind of DeepSpeed engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from integration.config.schema import ModelConfig, OptimConfig, ParallelConfig
+from integration.data import BatchSampler, Datasets, collate
+from integration.layout import Layout
+from integration.trainer import StepResult, StepRunner, data_parallel_mean, global_grad_norm, masked_mean
+
+
+def build_step_runner(
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    optim: OptimConfig,
+    dtype: str,
+    vocab_size: int,
+    ds_config: dict[str, Any],
+    datasets: Datasets,
+    layout: Layout,
+    device: torch.device,
+) -> StepRunner:
+    """Build the model and engine for this layout. Call with the same torch seed on every rank."""
+    from megatron.core import parallel_state
+
+    if layout.pipeline_parallel > 1:
+        from integration.pipeline import PipelineStep
+
+        return PipelineStep.build(
+            model, parallel, optim, dtype, vocab_size, ds_config, datasets, layout, device
+        )
+    from integration.engine import build_engine
+    from integration.model import build_gpt
+
+    gpt = build_gpt(model, parallel, dtype, vocab_size)
+    engine = build_engine(gpt, ds_config, optim)
+    return DenseStep(engine, datasets, layout, parallel_state.get_data_parallel_rank(), device)
+
+
+class DenseStep:
+    """pp = 1: DeepSpeed's plain engine over a Megatron-Core GPTModel (TP inside, ZeRO over DP)."""
+
+    is_logging_rank: bool
+
+    def __init__(self, engine, datasets: Datasets, layout: Layout, data_parallel_rank: int, device):
+        self.is_logging_rank = dist.get_rank() == 0
+        self.engine = engine
+        self.datasets = datasets
+        self.layout = layout
+        self.sampler = BatchSampler(layout, data_parallel_rank)
+        self.device = device
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        per_token = self.engine(
+            input_ids=batch["tokens"],
+            position_ids=batch["position_ids"],
+            attention_mask=None,
+            labels=batch["labels"],
+        )
+        return masked_mean(per_token, batch["loss_mask"])
+
+    def train_step(self, step: int) -> StepResult:
+        engine = self.engine
+        lr = engine.get_lr()[0]
+        losses = []
+        grad_norm = None
+        for micro in range(self.layout.gradient_accumulation_steps):
+            batch = collate(self.datasets.train, self.sampler.indices(step, micro), self.device)
+            loss = self._loss(batch)
+            engine.backward(loss)
+            if engine.is_gradient_accumulation_boundary() and engine.zero_optimization_stage() == 0:
+                # ZeRO-0 does not report the norm it clips with; gradients are reduced by now.
+                grad_norm = global_grad_norm(engine.module.parameters())
+            engine.step()
+            losses.append(loss.detach())
+        if grad_norm is None:
+            grad_norm = engine.get_global_grad_norm()
+        mean_loss = data_parallel_mean(torch.stack(losses).mean())
+        return StepResult(loss=float(mean_loss), grad_norm=float(grad_norm or 0.0), lr=float(lr))
+
+    @torch.no_grad()
+    def eval_loss(self, iters: int) -> float:
+        self.engine.eval()
+        losses = []
+        for step in range(iters):
+            for micro in range(self.layout.gradient_accumulation_steps):
+                batch = collate(self.datasets.valid, self.sampler.indices(step, micro), self.device)
+                losses.append(self._loss(batch))
+        self.engine.train()
+        return float(data_parallel_mean(torch.stack(losses).mean()))

@@ -1,0 +1,133 @@
+"""The training loop: steps, evaluation, metrics. Knows nothing of Hydra.
+
+A `StepRunner` turns one global batch into one optimizer step on a DeepSpeed engine. The loop
+around it is the same for the plain engine (pp = 1, here) and the pipeline engine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+
+from integration.config.schema import TrainerConfig
+from integration.layout import Layout
+from integration.metrics import MetricsLog, Progress
+
+
+@dataclass
+class StepResult:
+    loss: float
+    """Mean token loss of the global batch (identical on every rank)."""
+    grad_norm: float
+    """Global gradient norm before clipping."""
+    lr: float
+    """Learning rate this step applied."""
+
+
+class StepRunner(Protocol):
+    is_logging_rank: bool
+    """The one rank that writes metrics, W&B and progress (global rank 0)."""
+
+    def train_step(self, step: int) -> StepResult: ...
+
+    def eval_loss(self, iters: int) -> float: ...
+
+
+def masked_mean(per_token_loss: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    mask = loss_mask.to(per_token_loss.dtype)
+    return (per_token_loss.float() * mask).sum() / mask.sum().clamp(min=1)
+
+
+def data_parallel_mean(value: torch.Tensor) -> torch.Tensor:
+    from megatron.core import parallel_state
+
+    group = parallel_state.get_data_parallel_group()
+    value = value.detach().clone()
+    dist.all_reduce(value, group=group)
+    return value / dist.get_world_size(group=group)
+
+
+def global_grad_norm(parameters) -> float:
+    """Pre-clip gradient norm over the whole model: tensor-parallel shards count once each,
+    replicated parameters once (on tensor rank 0), summed over tensor and pipeline groups."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+
+    squares = torch.zeros((), dtype=torch.float32)
+    device = None
+    for param in parameters:
+        if param.grad is None or not param_is_not_tensor_parallel_duplicate(param):
+            continue
+        device = param.grad.device
+        squares = squares.to(device) + param.grad.detach().float().pow(2).sum()
+    if device is not None:
+        squares = squares.to(device)
+    dist.all_reduce(squares, group=parallel_state.get_model_parallel_group())
+    return float(squares.sqrt())
+
+
+class TrainLoop:
+    """Runs steps, logs every `log_interval`, evaluates every `eval_interval` and at the end."""
+
+    def __init__(
+        self,
+        runner: StepRunner,
+        config: TrainerConfig,
+        layout: Layout,
+        tokens_per_sample: int,
+        metrics: MetricsLog,
+        progress: Progress,
+        tracker=None,
+        first_step: int = 0,
+    ):
+        self.runner = runner
+        self.config = config
+        self.layout = layout
+        self.tokens_per_sample = tokens_per_sample
+        self.metrics = metrics
+        self.progress = progress
+        self.tracker = tracker
+        self.first_step = first_step
+
+    def run(self) -> list[StepResult]:
+        results = []
+        cfg = self.config
+        for step in range(self.first_step, cfg.max_steps):
+            start = time.perf_counter()
+            result = self.runner.train_step(step)
+            elapsed = time.perf_counter() - start
+            results.append(result)
+            done = step + 1
+            if done % cfg.log_interval == 0 or done == cfg.max_steps:
+                self._log_train(done, result, elapsed)
+            if cfg.eval_interval and (done % cfg.eval_interval == 0 or done == cfg.max_steps):
+                self._log_eval(done)
+        self.progress.close()
+        return results
+
+    def _log_train(self, step: int, result: StepResult, elapsed: float) -> None:
+        samples = step * self.layout.global_batch_size
+        row = {
+            "step": step,
+            "loss": result.loss,
+            "lr": result.lr,
+            "grad_norm": result.grad_norm,
+            "tokens_per_sec": self.layout.global_batch_size * self.tokens_per_sample / elapsed,
+            "samples": samples,
+            "step_time": elapsed,
+        }
+        self.metrics.write(row)
+        self.progress.update(row)
+        if self.tracker is not None:
+            self.tracker.log_train(row, tokens_seen=samples * self.tokens_per_sample)
+
+    def _log_eval(self, step: int) -> None:
+        val_loss = self.runner.eval_loss(self.config.eval_iters)
+        self.metrics.write({"step": step, "val_loss": val_loss})
+        self.progress.note(f"step {step} val_loss {val_loss:.4f}")
+        if self.tracker is not None:
+            self.tracker.log_eval(step, val_loss)

@@ -1,0 +1,306 @@
+"""Cross-group checks, run on every rank before any process group exists.
+
+Pure: the same config and world size give the same verdict on every rank, so a bad config stops
+all ranks identically instead of leaving some of them waiting in a collective. Every problem found
+is reported at once, each naming the key, the value, what is wrong and an override that fixes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from integration.config.schema import TrainConfig
+from integration.errors import ConfigError
+from integration.layout import Layout
+from integration.model_size import padded_vocab_size, query_groups
+from integration.tokenizer import tokenizer_vocab_size
+
+NORMALIZATIONS = ("LayerNorm", "RMSNorm")
+ACTIVATIONS = ("gelu", "swiglu")
+POSITION_EMBEDDINGS = ("learned_absolute", "rope")
+RECOMPUTE = (None, "selective", "full")
+DTYPES = ("fp32", "bf16", "fp16")
+DATA_KINDS = ("indexed", "synthetic")
+WANDB_MODES = ("online", "offline", "disabled")
+DEVICES = ("cpu", "cuda")
+BACKENDS = {"cpu": ("gloo",), "cuda": ("nccl", "gloo")}
+
+
+@dataclass
+class Verdict:
+    layout: Layout
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Problems:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def check(self, ok: bool, message: str) -> bool:
+        if not ok:
+            self.errors.append(message)
+        return ok
+
+
+def validate(cfg: TrainConfig, world_size: int, cuda_available: bool, planned: bool = False) -> Verdict:
+    """Raise ConfigError listing every problem, or return the derived layout and warnings.
+    `planned`: the world size is the cluster's (dry run), not a launcher's process count."""
+    p = _Problems()
+    _check_ranges(cfg, p)
+    if p.errors:  # later checks divide by these
+        raise ConfigError(_format(p.errors))
+    _check_parallel(cfg, world_size, planned, p)
+    _check_model(cfg, p)
+    _check_precision_and_device(cfg, cuda_available, p)
+    _check_run(cfg, p)
+    if p.errors:
+        raise ConfigError(_format(p.errors))
+    return Verdict(layout=Layout.derive(cfg.parallel, world_size), warnings=p.warnings)
+
+
+def _format(errors: list[str]) -> str:
+    if len(errors) == 1:
+        return errors[0]
+    return f"{len(errors)} config problems:\n" + "\n".join(f"  - {e}" for e in errors)
+
+
+def _check_ranges(cfg: TrainConfig, p: _Problems) -> None:
+    par, model = cfg.parallel, cfg.model
+    for key, value in [
+        ("parallel.tensor_model_parallel_size", par.tensor_model_parallel_size),
+        ("parallel.pipeline_model_parallel_size", par.pipeline_model_parallel_size),
+        ("parallel.micro_batch_size", par.micro_batch_size),
+        ("parallel.global_batch_size", par.global_batch_size),
+        ("model.num_layers", model.num_layers),
+        ("model.hidden_size", model.hidden_size),
+        ("model.num_attention_heads", model.num_attention_heads),
+        ("model.seq_length", model.seq_length),
+        ("model.make_vocab_size_divisible_by", model.make_vocab_size_divisible_by),
+        ("cluster.num_nodes", cfg.cluster.num_nodes),
+        ("cluster.gpus_per_node", cfg.cluster.gpus_per_node),
+        ("trainer.max_steps", cfg.trainer.max_steps),
+        ("trainer.log_interval", cfg.trainer.log_interval),
+    ]:
+        p.check(value >= 1, f"{key}: {value} must be a positive integer; set {key}=1 or more")
+    if model.num_query_groups is not None:
+        p.check(
+            model.num_query_groups >= 1,
+            f"model.num_query_groups: {model.num_query_groups} must be >= 1; use null for one "
+            "key/value head per attention head",
+        )
+
+
+def _check_parallel(cfg: TrainConfig, world_size: int, planned: bool, p: _Problems) -> None:
+    par = cfg.parallel
+    tp, pp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size
+    if not p.check(
+        world_size % (tp * pp) == 0,
+        f"parallel: tp({tp}) × pp({pp}) = {tp * pp} does not divide world_size({world_size}); "
+        + (
+            f"set cluster.gpus_per_node (× cluster.num_nodes) to a multiple of {tp * pp}"
+            if planned
+            else f"launch a multiple of {tp * pp} processes"
+        )
+        + " or choose a smaller layout (e.g. parallel=single)",
+    ):
+        return
+    dp = world_size // (tp * pp)
+    per_step = par.micro_batch_size * dp
+    p.check(
+        par.global_batch_size % per_step == 0,
+        f"parallel.global_batch_size: {par.global_batch_size} is not a multiple of micro_batch_size"
+        f"({par.micro_batch_size}) × data_parallel({dp}) = {per_step}; set "
+        f"parallel.global_batch_size={max(per_step, par.global_batch_size // per_step * per_step)}",
+    )
+    p.check(
+        par.zero_stage in (0, 1, 2, 3),
+        f"parallel.zero_stage: {par.zero_stage} is not a ZeRO stage; use 0, 1, 2 or 3",
+    )
+    p.check(
+        not (pp > 1 and par.zero_stage >= 2),
+        f"parallel.zero_stage: {par.zero_stage} with pipeline_model_parallel_size({pp}) > 1 — "
+        "DeepSpeed's pipeline engine supports ZeRO 0 and 1 only; set parallel.zero_stage=1",
+    )
+    p.check(
+        not (par.sequence_parallel and tp == 1),
+        "parallel.sequence_parallel: true needs tensor_model_parallel_size > 1; set "
+        "parallel.sequence_parallel=false or parallel.tensor_model_parallel_size=2",
+    )
+    p.check(
+        par.activation_checkpoint_interval >= 0,
+        f"parallel.activation_checkpoint_interval: {par.activation_checkpoint_interval} must be >= 0",
+    )
+    method = par.partition_method
+    p.check(
+        method in ("uniform", "parameters") or method.startswith("type:"),
+        f"parallel.partition_method: {method!r} is unknown; use uniform, parameters or type:<regex>",
+    )
+    if pp > 1 and par.global_batch_size % per_step == 0:
+        micro_batches = par.global_batch_size // per_step
+        bubble = (pp - 1) / micro_batches
+        if micro_batches < pp:
+            p.warnings.append(
+                f"pipeline: {micro_batches} micro-batches per step for {pp} stages leaves stages idle "
+                f"(bubble (p-1)/m = {bubble:.2f}); raise parallel.global_batch_size to at least "
+                f"{pp * per_step}"
+            )
+        else:
+            p.warnings.append(f"pipeline: bubble fraction (p-1)/m = ({pp}-1)/{micro_batches} = {bubble:.2f}")
+
+
+def _check_model(cfg: TrainConfig, p: _Problems) -> None:
+    model, par = cfg.model, cfg.parallel
+    tp, pp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size
+    heads, groups = model.num_attention_heads, query_groups(model)
+    p.check(
+        model.hidden_size % heads == 0,
+        f"model.hidden_size: {model.hidden_size} is not divisible by num_attention_heads({heads})",
+    )
+    p.check(
+        heads % tp == 0,
+        f"model.num_attention_heads: {heads} is not divisible by tensor_model_parallel_size({tp}); "
+        "use a tp that divides the heads (e.g. parallel.tensor_model_parallel_size=1)",
+    )
+    p.check(
+        heads % groups == 0,
+        f"model.num_query_groups: {groups} does not divide num_attention_heads({heads})",
+    )
+    p.check(
+        groups % tp == 0,
+        f"model.num_query_groups: {groups} key/value heads are not divisible by "
+        f"tensor_model_parallel_size({tp}); lower tp or raise model.num_query_groups",
+    )
+    ffn = model.ffn_hidden_size or 4 * model.hidden_size
+    p.check(
+        ffn % tp == 0,
+        f"model.ffn_hidden_size: {ffn} is not divisible by tensor_model_parallel_size({tp})",
+    )
+    if par.partition_method == "uniform":
+        p.check(
+            model.num_layers % pp == 0,
+            f"model.num_layers: {model.num_layers} is not divisible by pipeline_model_parallel_size"
+            f"({pp}); choose pp dividing the layers or parallel.partition_method=parameters",
+        )
+    else:
+        p.check(
+            model.num_layers >= pp,
+            f"model.num_layers: {model.num_layers} is fewer than pipeline stages({pp})",
+        )
+    positions = model.max_position_embeddings or model.seq_length
+    p.check(
+        model.seq_length <= positions,
+        f"model.seq_length: {model.seq_length} exceeds max_position_embeddings({positions}); set "
+        f"model.max_position_embeddings={model.seq_length} or lower model.seq_length",
+    )
+    p.check(
+        model.normalization in NORMALIZATIONS,
+        f"model.normalization: {model.normalization!r} is unknown; use one of {NORMALIZATIONS}",
+    )
+    p.check(
+        model.activation in ACTIVATIONS,
+        f"model.activation: {model.activation!r} is unknown; use one of {ACTIVATIONS}",
+    )
+    p.check(
+        model.position_embedding_type in POSITION_EMBEDDINGS,
+        f"model.position_embedding_type: {model.position_embedding_type!r} is unknown; use one of "
+        f"{POSITION_EMBEDDINGS}",
+    )
+    p.check(
+        model.recompute_granularity in RECOMPUTE,
+        f"model.recompute_granularity: {model.recompute_granularity!r} is unknown; use null, "
+        "selective or full",
+    )
+    for key, rate in [
+        ("model.hidden_dropout", model.hidden_dropout),
+        ("model.attention_dropout", model.attention_dropout),
+    ]:
+        p.check(0.0 <= rate < 1.0, f"{key}: {rate} must be in [0, 1)")
+    try:
+        data_vocab = tokenizer_vocab_size(cfg.data.tokenizer, cfg.data.vocab_size)
+    except ConfigError as err:
+        p.errors.append(str(err))
+        return
+    vocab = model.vocab_size or data_vocab
+    p.check(
+        vocab >= data_vocab,
+        f"model.vocab_size: {vocab} is smaller than the data's vocabulary ({data_vocab}); "
+        f"set model.vocab_size={data_vocab} or null",
+    )
+    padded = padded_vocab_size(vocab, model.make_vocab_size_divisible_by)
+    p.check(
+        padded % tp == 0,
+        f"model.make_vocab_size_divisible_by: {model.make_vocab_size_divisible_by} pads the vocabulary "
+        f"to {padded}, which does not split over tensor_model_parallel_size({tp}); set "
+        f"model.make_vocab_size_divisible_by={model.make_vocab_size_divisible_by * tp}",
+    )
+
+
+def _check_precision_and_device(cfg: TrainConfig, cuda_available: bool, p: _Problems) -> None:
+    dtype, device, backend = cfg.precision.dtype, cfg.cluster.device, cfg.cluster.backend
+    p.check(dtype in DTYPES, f"precision.dtype: {dtype!r} is unknown; use precision=fp32, bf16 or fp16")
+    if not p.check(device in DEVICES, f"cluster.device: {device!r} is unknown; use cpu or cuda"):
+        return
+    p.check(
+        not (device == "cuda" and not cuda_available),
+        "cluster.device: 'cuda' but no CUDA device is visible on this machine; use cluster=local_cpu",
+    )
+    p.check(
+        backend in BACKENDS[device],
+        f"cluster.backend: {backend!r} does not work with device {device!r}; use "
+        f"cluster.backend={BACKENDS[device][0]}",
+    )
+    p.check(
+        not (dtype == "fp16" and device == "cpu"),
+        "precision.dtype: 'fp16' is not supported on cpu (DeepSpeed's CPU accelerator refuses half "
+        "precision); use precision=bf16 or precision=fp32",
+    )
+
+
+def _check_run(cfg: TrainConfig, p: _Problems) -> None:
+    trainer, optim, data = cfg.trainer, cfg.optim, cfg.data
+    p.check(
+        trainer.eval_interval >= 0,
+        f"trainer.eval_interval: {trainer.eval_interval} must be >= 0 (0 disables evaluation)",
+    )
+    p.check(
+        not (trainer.eval_interval > 0 and trainer.eval_iters < 1),
+        f"trainer.eval_iters: {trainer.eval_iters} must be >= 1 when evaluation is on; "
+        "set trainer.eval_iters=1 or trainer.eval_interval=0",
+    )
+    p.check(optim.lr > 0, f"optim.lr: {optim.lr} must be > 0")
+    p.check(0.0 <= optim.min_lr_ratio <= 1.0, f"optim.min_lr_ratio: {optim.min_lr_ratio} must be in [0, 1]")
+    p.check(
+        len(optim.betas) == 2 and all(0.0 <= b < 1.0 for b in optim.betas),
+        f"optim.betas: {list(optim.betas)} must be two numbers in [0, 1), e.g. optim.betas=[0.9,0.95]",
+    )
+    p.check(optim.clip_grad >= 0, f"optim.clip_grad: {optim.clip_grad} must be >= 0 (0 disables)")
+    decay = optim.decay_steps or trainer.max_steps
+    p.check(
+        1 <= optim.warmup_steps <= decay,
+        f"optim.warmup_steps: {optim.warmup_steps} must be between 1 and the schedule length "
+        f"({decay}); lower optim.warmup_steps or raise trainer.max_steps",
+    )
+    p.check(
+        data.kind in DATA_KINDS, f"data.kind: {data.kind!r} is unknown; use data=corpus or data=synthetic"
+    )
+    p.check(
+        not (data.kind == "indexed" and not data.path),
+        "data.path: an indexed dataset needs the .bin/.idx prefix; set data.path=... or data=corpus",
+    )
+    parts = data.split.split(",")
+    valid_split = len(parts) == 3 and all(x.strip().replace(".", "", 1).isdigit() for x in parts)
+    p.check(
+        valid_split and sum(float(x) for x in parts) > 0,
+        f"data.split: {data.split!r} must be three weights 'train,valid,test', e.g. data.split='98,2,0'",
+    )
+    if valid_split and trainer.eval_interval > 0:
+        p.check(
+            float(parts[1]) > 0,
+            f"data.split: {data.split!r} has no validation share but trainer.eval_interval is "
+            f"{trainer.eval_interval}; give it one (data.split='98,2,0') or set trainer.eval_interval=0",
+        )
+    p.check(
+        cfg.wandb.mode in WANDB_MODES,
+        f"wandb.mode: {cfg.wandb.mode!r} is unknown; use online, offline or disabled",
+    )

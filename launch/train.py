@@ -1,0 +1,141 @@
+"""Training entry point for the deepspeed runner, torchrun, or plain python.
+
+    deepspeed --num_gpus 2 launch/train.py model=gpt_tiny parallel=tp2 trainer.max_steps=50
+    python launch/train.py dry_run=true cluster.gpus_per_node=8 parallel=tp2_pp2
+
+Sequences the work only: compose → validate → init → build → loop → teardown.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from integration.launcher_args import strip_launcher_args  # noqa: E402
+
+strip_launcher_args(sys.argv)  # the deepspeed runner appends --local_rank=N, which Hydra rejects
+# Megatron-Core says this once per import site; the local fallbacks are what we use on CPU anyway.
+for _note in (
+    "Transformer Engine and Apex are not installed",
+    "Apex is not installed",
+    "full scope is deprecated",
+    "`torch.distributed.all_gather_into_tensor` is deprecated",
+):
+    warnings.filterwarnings("ignore", message=_note)
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from integration.config import TrainConfig, register_schemas, to_typed  # noqa: E402
+from integration.distributed import LaunchEnv  # noqa: E402
+from integration.errors import ConfigError  # noqa: E402
+from integration.layout import Layout  # noqa: E402
+from integration.plan import render_plan  # noqa: E402
+from integration.validate import validate  # noqa: E402
+
+register_schemas()
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    config = to_typed(cfg)
+    env = LaunchEnv.from_environ()
+    cluster = config.cluster
+    world_size = cluster.num_nodes * cluster.gpus_per_node if config.dry_run else env.world_size
+    try:
+        import torch
+
+        verdict = validate(config, world_size, torch.cuda.is_available(), planned=config.dry_run)
+        if config.dry_run:
+            print(render_plan(config, verdict.layout, verdict.warnings))
+            return
+        from integration.data import check_data_files
+
+        check_data_files(config.data)
+    except ConfigError as err:
+        if env.local_rank == 0:
+            print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+    train(
+        config,
+        verdict.layout,
+        env,
+        OmegaConf.to_yaml(cfg, resolve=True),
+        list(HydraConfig.get().overrides.task),
+    )
+
+
+def train(
+    config: TrainConfig, layout: Layout, env: LaunchEnv, resolved_yaml: str, overrides: list[str]
+) -> None:
+    import torch
+
+    from integration import distributed
+    from integration.data import build_datasets
+    from integration.ds_config import build_deepspeed_config
+    from integration.metrics import MetricsLog, Progress, write_run_config
+    from integration.plan import model_vocab_size
+    from integration.steps import build_step_runner
+    from integration.tracking import WandbTracker
+    from integration.trainer import TrainLoop
+
+    distributed.init_process_group(config.cluster, env)
+    try:
+        distributed.init_model_parallel(layout)
+        distributed.seed_everything(config.trainer.seed)
+        device = torch.device(f"cuda:{env.local_rank}" if config.cluster.device == "cuda" else "cpu")
+        trainer = config.trainer
+        datasets = build_datasets(
+            config.data,
+            config.model.seq_length,
+            trainer.seed,
+            train_samples=trainer.max_steps * layout.global_batch_size,
+            valid_samples=max(1, trainer.eval_iters) * layout.global_batch_size,
+        )
+        runner = build_step_runner(
+            config.model,
+            config.parallel,
+            config.optim,
+            config.precision.dtype,
+            vocab_size=model_vocab_size(config.model, config.data.tokenizer, config.data.vocab_size),
+            ds_config=build_deepspeed_config(
+                layout, config.parallel, config.optim, config.precision, trainer.max_steps
+            ),
+            datasets=datasets,
+            layout=layout,
+            device=device,
+        )
+        run_dir = Path(config.run.dir)
+        logging_rank = runner.is_logging_rank
+        if logging_rank:
+            write_run_config(run_dir, resolved_yaml, overrides)
+        tracker = WandbTracker.create(
+            config.wandb,
+            run_dir,
+            config.run.name,
+            OmegaConf.to_container(OmegaConf.create(resolved_yaml)),
+            enabled=logging_rank,
+        )
+        loop = TrainLoop(
+            runner,
+            trainer,
+            layout,
+            tokens_per_sample=config.model.seq_length,
+            metrics=MetricsLog(run_dir / "metrics.jsonl", enabled=logging_rank),
+            progress=Progress(trainer.max_steps, 0, enabled=logging_rank and trainer.progress),
+            tracker=tracker,
+        )
+        loop.run()
+        if tracker is not None:
+            tracker.finish()
+    finally:
+        distributed.teardown()
+
+
+if __name__ == "__main__":
+    main()
