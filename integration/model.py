@@ -126,33 +126,58 @@ def transformer_config(
     )
 
 
-def layer_spec(model: ModelConfig) -> ModuleSpec:
+def layer_spec(model: ModelConfig, seed: int) -> ModuleSpec:
+    """Megatron-Core's transformer-layer spec for this model, with per-layer seeding (see
+    `seeded_layer`)."""
+    spec = None
     if torch.cuda.is_available():
         try:
             import transformer_engine  # noqa: F401
-            from megatron.core.models.gpt.gpt_layer_specs import (
-                get_gpt_layer_with_transformer_engine_spec,
-            )
+            from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-            return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=model.qk_layernorm)
+            spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=model.qk_layernorm)
         except ImportError:
-            pass
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+            spec = None
+    if spec is None:
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    spec = get_gpt_layer_local_spec(qk_layernorm=model.qk_layernorm, normalization=model.normalization)
-    if not torch.cuda.is_available():
-        spec.submodules.self_attention.submodules.core_attention = TorchSDPAttention
+        spec = get_gpt_layer_local_spec(qk_layernorm=model.qk_layernorm, normalization=model.normalization)
+        if not torch.cuda.is_available():
+            spec.submodules.self_attention.submodules.core_attention = TorchSDPAttention
+    spec.module = seeded_layer(spec.module, seed)
     return spec
 
 
-def build_gpt(model: ModelConfig, parallel: ParallelConfig, dtype: str, vocab_size: int) -> GPTModel:
+def layer_seed(seed: int, layer_number: int) -> int:
+    return seed + 7919 * layer_number
+
+
+def seeded_layer(layer_class: type, seed: int) -> type:
+    """The layer class, reseeding torch before building layer n with a seed of (seed, n).
+
+    Layer n then gets the same initial weights wherever it is built — inside GPTModel (pp = 1) or
+    on any pipeline stage of any split — so every layout starts from the same full model."""
+
+    class SeededLayer(layer_class):
+        def __init__(self, config, submodules, layer_number: int = 1, *args, **kwargs):
+            torch.manual_seed(layer_seed(seed, layer_number))
+            super().__init__(config, submodules, layer_number, *args, **kwargs)
+
+    SeededLayer.__name__ = SeededLayer.__qualname__ = f"Seeded{layer_class.__name__}"
+    return SeededLayer
+
+
+def build_gpt(
+    model: ModelConfig, parallel: ParallelConfig, dtype: str, vocab_size: int, seed: int
+) -> GPTModel:
     """A Megatron-Core GPTModel for this rank's tensor-parallel shard. Call after
-    parallel_state.initialize_model_parallel and with the same torch seed on every rank."""
+    parallel_state.initialize_model_parallel, on every rank."""
     apply_cpu_patches()
     assert parallel_state.model_parallel_is_initialized(), "initialize model parallel groups first"
+    torch.manual_seed(seed)  # the embedding's weights, as on the first pipeline stage
     gpt = GPTModel(
         config=transformer_config(model, parallel, dtype),
-        transformer_layer_spec=layer_spec(model),
+        transformer_layer_spec=layer_spec(model, seed),
         vocab_size=vocab_size,
         max_sequence_length=model.max_position_embeddings or model.seq_length,
         pre_process=True,

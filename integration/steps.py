@@ -10,7 +10,7 @@ import torch.distributed as dist
 from integration.config.schema import ModelConfig, OptimConfig, ParallelConfig
 from integration.data import BatchSampler, Datasets, collate
 from integration.layout import Layout
-from integration.trainer import StepResult, StepRunner, data_parallel_mean, global_grad_norm, masked_mean
+from integration.trainer import PreClipGradNorm, StepResult, StepRunner, data_parallel_mean, masked_mean
 
 
 def build_step_runner(
@@ -23,6 +23,7 @@ def build_step_runner(
     datasets: Datasets,
     layout: Layout,
     device: torch.device,
+    seed: int,
 ) -> StepRunner:
     """Build the model and engine for this layout. Call with the same torch seed on every rank."""
     from megatron.core import parallel_state
@@ -31,12 +32,12 @@ def build_step_runner(
         from integration.pipeline import PipelineStep
 
         return PipelineStep.build(
-            model, parallel, optim, dtype, vocab_size, ds_config, datasets, layout, device
+            model, parallel, optim, dtype, vocab_size, ds_config, datasets, layout, device, seed
         )
     from integration.engine import build_engine
     from integration.model import build_gpt
 
-    gpt = build_gpt(model, parallel, dtype, vocab_size)
+    gpt = build_gpt(model, parallel, dtype, vocab_size, seed)
     engine = build_engine(gpt, ds_config, optim)
     return DenseStep(engine, datasets, layout, parallel_state.get_data_parallel_rank(), device)
 
@@ -53,6 +54,7 @@ class DenseStep:
         self.layout = layout
         self.sampler = BatchSampler(layout, data_parallel_rank)
         self.device = device
+        self.grad_norm = PreClipGradNorm(engine, engine.module.parameters)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         per_token = self.engine(
@@ -67,20 +69,14 @@ class DenseStep:
         engine = self.engine
         lr = engine.get_lr()[0]
         losses = []
-        grad_norm = None
         for micro in range(self.layout.gradient_accumulation_steps):
             batch = collate(self.datasets.train, self.sampler.indices(step, micro), self.device)
             loss = self._loss(batch)
             engine.backward(loss)
-            if engine.is_gradient_accumulation_boundary() and engine.zero_optimization_stage() == 0:
-                # ZeRO-0 does not report the norm it clips with; gradients are reduced by now.
-                grad_norm = global_grad_norm(engine.module.parameters())
             engine.step()
             losses.append(loss.detach())
-        if grad_norm is None:
-            grad_norm = engine.get_global_grad_norm()
         mean_loss = data_parallel_mean(torch.stack(losses).mean())
-        return StepResult(loss=float(mean_loss), grad_norm=float(grad_norm or 0.0), lr=float(lr))
+        return StepResult(loss=float(mean_loss), grad_norm=self.grad_norm.read(), lr=float(lr))
 
     @torch.no_grad()
     def eval_loss(self, iters: int) -> float:

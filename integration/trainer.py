@@ -70,6 +70,36 @@ def global_grad_norm(parameters) -> float:
     return float(squares.sqrt())
 
 
+class PreClipGradNorm:
+    """ZeRO stage 0 clips gradients without reporting their norm (get_global_grad_norm() is None).
+    Measure it where DeepSpeed is about to clip (or, with clipping off, before the optimizer step),
+    when the gradients are reduced and not yet scaled. ZeRO 1-3 report their own norm."""
+
+    def __init__(self, engine, parameters):
+        self.engine = engine
+        self.parameters = parameters
+        self.value: float | None = None
+        if engine.zero_optimization_stage() != 0:
+            return
+        if engine.gradient_clipping() > 0:
+            clip = engine.clip_fp32_gradients
+
+            def measure_then_clip():
+                self._measure()
+                clip()
+
+            engine.clip_fp32_gradients = measure_then_clip
+        else:
+            engine.optimizer.register_step_pre_hook(lambda *_: self._measure())
+
+    def _measure(self) -> None:
+        self.value = global_grad_norm(self.parameters())
+
+    def read(self) -> float:
+        norm = self.value if self.value is not None else self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+
 class TrainLoop:
     """Runs steps, logs every `log_interval`, evaluates every `eval_interval` and at the end."""
 

@@ -109,6 +109,7 @@ def train(
             datasets=datasets,
             layout=layout,
             device=device,
+            seed=trainer.seed,
         )
         run_dir = Path(config.run.dir)
         logging_rank = runner.is_logging_rank

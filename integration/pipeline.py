@@ -1,0 +1,270 @@
+"""Pipeline parallelism (pp > 1) on DeepSpeed's pipeline engine.
+
+Megatron-Core's own pipeline schedules are CUDA-only, so the stages are a DeepSpeed
+PipelineModule — but built from the same Megatron-Core modules as GPTModel (pp = 1): the
+vocab-parallel LanguageModelEmbedding, transformer layers from the same layer spec (same seeded
+class, so layer n has the same weights wherever it sits), the same final norm class, a
+ColumnParallelLinear output layer and vocab_parallel_cross_entropy. Tied embeddings are a DeepSpeed
+TiedLayerSpec shared by the first and last stage; DeepSpeed all-reduces the tied gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.transformer_block import LayerNormImpl
+
+from integration.config.schema import ModelConfig, OptimConfig, ParallelConfig
+from integration.cpu_compat import apply_cpu_patches
+from integration.data import BatchSampler, Datasets, collate
+from integration.layout import Layout
+from integration.model import TORCH_DTYPES, layer_spec, parameter_groups, transformer_config
+from integration.trainer import PreClipGradNorm, StepResult, masked_mean
+
+
+class EmbeddingPipe(torch.nn.Module):
+    """First stage: (tokens, position_ids) -> hidden [s, b, h]. When tied, the last stage holds a
+    copy whose word-embedding weight DeepSpeed keeps equal to the first stage's, and uses it as
+    the output layer through `lm_head`."""
+
+    def __init__(self, config: TransformerConfig, model: ModelConfig, vocab_size: int, seed: int, tied: bool):
+        super().__init__()
+        torch.manual_seed(seed)  # as GPTModel: the embedding is built first from the base seed
+        self.embedding = LanguageModelEmbedding(
+            config=config,
+            vocab_size=vocab_size,
+            max_sequence_length=model.max_position_embeddings or model.seq_length,
+            position_embedding_type=model.position_embedding_type,
+        )
+        self.output_layer = _output_layer(config, vocab_size, skip_weight=True) if tied else None
+
+    def forward(self, inputs):
+        tokens, position_ids = inputs
+        return self.embedding(input_ids=tokens, position_ids=position_ids)
+
+    def lm_head(self, hidden):
+        logits, _ = self.output_layer(hidden, weight=self.embedding.word_embeddings.weight)
+        return logits
+
+
+def _tied_lm_head(module: EmbeddingPipe, hidden):
+    return module.lm_head(hidden)
+
+
+def _output_layer(config: TransformerConfig, vocab_size: int, skip_weight: bool):
+    return tensor_parallel.ColumnParallelLinear(
+        config.hidden_size,
+        vocab_size,
+        config=config,
+        init_method=config.init_method,
+        bias=False,
+        skip_bias_add=False,
+        gather_output=False,
+        skip_weight_param_allocation=skip_weight,
+    )
+
+
+class TransformerLayerPipe(torch.nn.Module):
+    """Megatron-Core transformer layer `layer_number` (global, 1-based) from the model's spec."""
+
+    def __init__(self, config: TransformerConfig, spec: ModuleSpec, layer_number: int, model: ModelConfig):
+        super().__init__()
+        self.layer = build_module(spec, config=config, layer_number=layer_number)
+        self.rotary = None
+        if model.position_embedding_type == "rope":
+            self.rotary = RotaryEmbedding(
+                kv_channels=config.kv_channels,
+                rotary_percent=1.0,
+                rotary_base=model.rotary_base,
+                use_cpu_initialization=True,
+            )
+
+    def forward(self, hidden):
+        rotary = self.rotary(hidden.shape[0]) if self.rotary is not None else None
+        out, _ = self.layer(hidden_states=hidden, attention_mask=None, rotary_pos_emb=rotary)
+        return out
+
+
+class FinalNormPipe(torch.nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.norm = build_module(
+            LayerNormImpl, config=config, hidden_size=config.hidden_size, eps=config.layernorm_epsilon
+        )
+
+    def forward(self, hidden):
+        return self.norm(hidden)
+
+
+class OutputPipe(torch.nn.Module):
+    """Untied output layer: hidden [s, b, h] -> vocab-parallel logits [s, b, v/tp]."""
+
+    def __init__(self, config: TransformerConfig, vocab_size: int):
+        super().__init__()
+        self.output_layer = _output_layer(config, vocab_size, skip_weight=False)
+
+    def forward(self, hidden):
+        logits, _ = self.output_layer(hidden)
+        return logits
+
+
+def lm_loss(logits, labels):
+    """Masked mean token loss from vocab-parallel logits [s, b, v/tp], as GPTModel computes it."""
+    tokens, loss_mask = labels
+    per_token = tensor_parallel.vocab_parallel_cross_entropy(logits, tokens.transpose(0, 1).contiguous())
+    return masked_mean(per_token.transpose(0, 1), loss_mask)
+
+
+def build_pipeline_module(
+    model: ModelConfig, parallel: ParallelConfig, dtype: str, vocab_size: int, seed: int, layout: Layout
+):
+    from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+
+    apply_cpu_patches()
+    # Stage layers are built with pp = 1 so Megatron adds no offset of its own to layer numbers;
+    # the global layer number is passed explicitly.
+    config = transformer_config(model, parallel, dtype, pipeline_model_parallel_size=1)
+    spec = layer_spec(model, seed)
+    tied = model.share_embeddings_and_output_weights
+    embed = (
+        TiedLayerSpec(
+            "embed",
+            EmbeddingPipe,
+            config,
+            model,
+            vocab_size,
+            seed,
+            True,
+            tied_weight_attr="embedding.word_embeddings.weight",
+        )
+        if tied
+        else LayerSpec(EmbeddingPipe, config, model, vocab_size, seed, False)
+    )
+    layers: list[Any] = [embed]
+    layers += [
+        LayerSpec(TransformerLayerPipe, config, spec, n, model) for n in range(1, model.num_layers + 1)
+    ]
+    layers.append(LayerSpec(FinalNormPipe, config))
+    if tied:
+        layers.append(
+            TiedLayerSpec(
+                "embed",
+                EmbeddingPipe,
+                config,
+                model,
+                vocab_size,
+                seed,
+                True,
+                forward_fn=_tied_lm_head,
+                tied_weight_attr="embedding.word_embeddings.weight",
+            )
+        )
+    else:
+        layers.append(LayerSpec(OutputPipe, config, vocab_size))
+    topology = PipeModelDataParallelTopology(
+        num_pp=layout.pipeline_parallel, num_mp=layout.tensor_parallel, num_dp=layout.data_parallel
+    )
+    method = (
+        "type:TransformerLayerPipe" if parallel.partition_method == "uniform" else parallel.partition_method
+    )
+    module = PipelineModule(
+        layers=layers,
+        topology=topology,
+        loss_fn=lm_loss,
+        partition_method=method,
+        activation_checkpoint_interval=parallel.activation_checkpoint_interval,
+        # The embedding stage's inputs need no grad; reentrant checkpointing of it would break.
+        checkpointable_layers=["TransformerLayerPipe"],
+    )
+    check_topology_agrees(topology)
+    if torch.cuda.is_available():
+        module.cuda()
+    return module.to(TORCH_DTYPES[dtype])
+
+
+def check_topology_agrees(topology) -> None:
+    """Every rank: DeepSpeed's pipeline topology and Megatron-Core's groups must put this rank in
+    the same tensor, pipeline and data-parallel rank sets; otherwise gradients would be reduced over
+    the wrong ranks, silently."""
+    rank = dist.get_rank()
+    pairs = {
+        "tensor": ("model", parallel_state.get_tensor_model_parallel_group()),
+        "pipeline": ("pipe", parallel_state.get_pipeline_model_parallel_group()),
+        "data": ("data", parallel_state.get_data_parallel_group()),
+    }
+    for name, (axis, group) in pairs.items():
+        megatron_ranks = sorted(dist.get_process_group_ranks(group))
+        deepspeed_ranks = next(sorted(r) for r in topology.get_axis_comm_lists(axis) if rank in r)
+        if megatron_ranks != deepspeed_ranks:
+            raise RuntimeError(
+                f"rank {rank}: {name}-parallel group differs — Megatron-Core {megatron_ranks}, "
+                f"DeepSpeed topology {deepspeed_ranks}; the two rank orders disagree"
+            )
+
+
+class PipelineStep:
+    """pp > 1: one `train_batch` of DeepSpeed's pipeline engine per step (1F1B over the
+    gradient-accumulation micro-batches). The loss comes from the last stage; DeepSpeed
+    broadcasts it to every stage, so rank 0 reports it."""
+
+    def __init__(self, engine, datasets: Datasets, layout: Layout, data_parallel_rank: int, device):
+        self.engine = engine
+        self.datasets = datasets
+        self.layout = layout
+        self.sampler = BatchSampler(layout, data_parallel_rank)
+        self.device = device
+        self.is_logging_rank = dist.get_rank() == 0
+        # Tied copies on the non-owning stage carry the same gradient; count it once.
+        self.grad_norm = PreClipGradNorm(
+            engine,
+            lambda: (p for p in engine.module.parameters() if not getattr(p, "ds_pipe_replicated", False)),
+        )
+
+    @staticmethod
+    def build(
+        model: ModelConfig,
+        parallel: ParallelConfig,
+        optim: OptimConfig,
+        dtype: str,
+        vocab_size: int,
+        ds_config: dict[str, Any],
+        datasets: Datasets,
+        layout: Layout,
+        device,
+        seed: int,
+    ) -> PipelineStep:
+        import deepspeed
+
+        from integration.engine import start_schedule
+
+        module = build_pipeline_module(model, parallel, dtype, vocab_size, seed, layout)
+        groups = parameter_groups(module, optim.weight_decay, optim.no_decay_on_embeddings_norms_biases)
+        engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=groups, config=ds_config)
+        start_schedule(engine)
+        return PipelineStep(engine, datasets, layout, parallel_state.get_data_parallel_rank(), device)
+
+    def _micro_batches(self, dataset, step: int):
+        for micro in range(self.layout.gradient_accumulation_steps):
+            batch = collate(dataset, self.sampler.indices(step, micro), self.device)
+            yield (batch["tokens"], batch["position_ids"]), (batch["labels"], batch["loss_mask"])
+
+    def train_step(self, step: int) -> StepResult:
+        lr = self.engine.get_lr()[0]
+        loss = self.engine.train_batch(data_iter=self._micro_batches(self.datasets.train, step))
+        return StepResult(loss=float(loss), grad_norm=self.grad_norm.read(), lr=float(lr))
+
+    @torch.no_grad()
+    def eval_loss(self, iters: int) -> float:
+        losses = [
+            self.engine.eval_batch(data_iter=self._micro_batches(self.datasets.valid, step))
+            for step in range(iters)
+        ]
+        return float(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in losses]).mean())
