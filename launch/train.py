@@ -53,6 +53,9 @@ def main(cfg: DictConfig) -> None:
         if config.dry_run:
             print(render_plan(config, verdict.layout, verdict.warnings))
             return
+        if env.is_rank0:
+            for note in verdict.warnings:
+                print(f"warning: {note}", file=sys.stderr)
         from integration.data import check_data_files
 
         check_data_files(config.data)
