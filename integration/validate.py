@@ -43,14 +43,22 @@ class _Problems:
         return ok
 
 
-def validate(cfg: TrainConfig, world_size: int, cuda_available: bool, planned: bool = False) -> Verdict:
+def validate(cfg: TrainConfig, world_size: int, cuda_available: bool, planned: bool = False,
+             fused_norms_available: bool = False) -> Verdict:
     """Raise ConfigError listing every problem, or return the derived layout and warnings.
-    `planned`: the world size is the cluster's (dry run), not a launcher's process count."""
+    `planned`: the world size is the cluster's (dry run), not a launcher's process count.
+    `fused_norms_available`: Transformer Engine or Apex is importable (sequence parallelism)."""
     p = _Problems()
     _check_ranges(cfg, p)
     if p.errors:  # later checks divide by these
         raise ConfigError(_format(p.errors))
     _check_parallel(cfg, world_size, planned, p)
+    p.check(
+        not (cfg.parallel.sequence_parallel and not fused_norms_available),
+        "parallel.sequence_parallel: true needs Transformer Engine or Apex norms (Megatron-Core's torch "
+        "LayerNorm fallback refuses sequence parallelism); install transformer-engine or set "
+        "parallel.sequence_parallel=false",
+    )
     _check_model(cfg, p)
     _check_precision_and_device(cfg, cuda_available, p)
     _check_run(cfg, p)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from importlib.util import find_spec
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -49,7 +50,13 @@ def main(cfg: DictConfig) -> None:
     try:
         import torch
 
-        verdict = validate(config, world_size, torch.cuda.is_available(), planned=config.dry_run)
+        verdict = validate(
+            config,
+            world_size,
+            torch.cuda.is_available(),
+            planned=config.dry_run,
+            fused_norms_available=any(find_spec(m) for m in ("transformer_engine", "apex")),
+        )
         if config.dry_run:
             print(render_plan(config, verdict.layout, verdict.warnings))
             return
