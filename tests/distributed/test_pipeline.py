@@ -1,9 +1,13 @@
 """Pipeline parallelism on DeepSpeed's pipeline engine: pp2, tp2×pp2 and tp2×pp2×dp2 train to the
 single-process losses (fp32, 1e-4 relative, 10 steps), with tied and untied embeddings."""
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
-from tests.distributed.launch import COMMON, assert_same_curve, train
+from tests.distributed.launch import COMMON, assert_same_curve, free_port, train
 
 TIED = {
     "tied": "model.share_embeddings_and_output_weights=true",
@@ -53,3 +57,18 @@ def test_pipeline_partitions_by_parameters_and_checkpoints_activations(reference
     ]
     run = train(tmp_path / "run", overrides, nprocs=2)
     assert_same_curve(run.losses, reference("tied", 8))
+
+
+def test_topology_disagreeing_with_megatron_groups_is_refused():
+    script = Path(__file__).parent / "scripts" / "topology_mismatch.py"
+    proc = subprocess.run(
+        ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()), str(script)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("agreeing topology accepted") == 2
+    assert proc.stdout.count("refused: rank") == 2
+    assert "pipeline-parallel group differs — Megatron-Core [0, 1], DeepSpeed topology [0]" in proc.stdout
