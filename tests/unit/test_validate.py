@@ -1,0 +1,312 @@
+"""Pre-flight validation: each bad config is refused with a message naming key, value and fix."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from integration.errors import ConfigError
+from integration.model_size import padded_vocab_size
+from integration.validate import validate
+
+
+def bad(overrides: list[str], world_size: int, pattern: str, id: str, planned: bool = False):
+    return pytest.param(overrides, world_size, planned, pattern, id=id)
+
+
+# (Hydra overrides, world size, planned, regex the ConfigError must match)
+BAD_CONFIGS = [
+    bad(
+        ["parallel=tp2"],
+        3,
+        r"parallel: tp\(2\) × pp\(1\) = 2 does not divide world_size\(3\); launch a multiple of 2 processes",
+        "world-not-multiple-of-tp",
+    ),
+    bad(
+        ["parallel=tp2_pp2"],
+        6,
+        r"parallel: tp\(2\) × pp\(2\) = 4 does not divide world_size\(6\); set cluster\.gpus_per_node "
+        r"\(× cluster\.num_nodes\) to a multiple of 4",
+        "planned-world-not-multiple-of-tp-pp",
+        planned=True,
+    ),
+    bad(
+        ["parallel=tp2", "model.num_attention_heads=3", "model.hidden_size=66", "model.ffn_hidden_size=264"],
+        2,
+        r"model\.num_attention_heads: 3 is not divisible by tensor_model_parallel_size\(2\); .*"
+        r"parallel\.tensor_model_parallel_size=1",
+        "heads-not-divisible-by-tp",
+    ),
+    bad(
+        ["model=llama_tiny", "parallel=tp2", "model.num_query_groups=1"],
+        2,
+        r"model\.num_query_groups: 1 key/value heads are not divisible by tensor_model_parallel_size\(2\); "
+        r"lower tp or raise model\.num_query_groups",
+        "kv-heads-not-divisible-by-tp",
+    ),
+    bad(
+        ["parallel=pp2", "model.num_layers=3"],
+        2,
+        r"model\.num_layers: 3 is not divisible by pipeline_model_parallel_size\(2\); .*"
+        r"parallel\.partition_method=parameters",
+        "layers-not-divisible-by-pp",
+    ),
+    bad(
+        ["parallel=dp", "parallel.global_batch_size=6"],
+        2,
+        r"parallel\.global_batch_size: 6 is not a multiple of micro_batch_size\(2\) × data_parallel\(2\) = 4; "
+        r"set parallel\.global_batch_size=4",
+        "global-batch-not-multiple",
+    ),
+    bad(
+        ["model.max_position_embeddings=64"],
+        1,
+        r"model\.seq_length: 128 exceeds max_position_embeddings\(64\); set model\.max_position_embeddings=128",
+        "seq-longer-than-positions",
+    ),
+    bad(
+        # 258 byte tokens padded to a multiple of 1 stay 258, which splits over tp 2; 259 does not.
+        ["parallel=tp2", "model.make_vocab_size_divisible_by=1", "model.vocab_size=259"],
+        2,
+        r"model\.make_vocab_size_divisible_by: 1 pads the vocabulary to 259, which does not split over "
+        r"tensor_model_parallel_size\(2\); set model\.make_vocab_size_divisible_by=2",
+        "padded-vocab-not-divisible-by-tp",
+    ),
+    bad(
+        ["model.vocab_size=100"],
+        1,
+        r"model\.vocab_size: 100 is smaller than the data's vocabulary \(258\); set model\.vocab_size=258",
+        "model-vocab-smaller-than-tokenizer",
+    ),
+    bad(
+        ["parallel=pp2", "parallel.zero_stage=2"],
+        2,
+        r"parallel\.zero_stage: 2 with pipeline_model_parallel_size\(2\) > 1 .*set parallel\.zero_stage=1",
+        "zero2-with-pipeline",
+    ),
+    bad(
+        ["parallel.zero_stage=5"],
+        1,
+        r"parallel\.zero_stage: 5 is not a ZeRO stage; use 0, 1, 2 or 3",
+        "zero-stage-5",
+    ),
+    bad(
+        ["precision=fp16"],
+        1,
+        r"precision\.dtype: 'fp16' is not supported on cpu .*use precision=bf16 or precision=fp32",
+        "fp16-on-cpu",
+    ),
+    bad(
+        ["cluster.device=cuda", "cluster.backend=nccl"],
+        1,
+        r"cluster\.device: 'cuda' but no CUDA device is visible .*use cluster=local_cpu",
+        "cuda-without-cuda",
+    ),
+    bad(
+        ["cluster.backend=nccl"],
+        1,
+        r"cluster\.backend: 'nccl' does not work with device 'cpu'; use cluster\.backend=gloo",
+        "nccl-on-cpu",
+    ),
+    bad(
+        ["parallel.sequence_parallel=true"],
+        1,
+        r"parallel\.sequence_parallel: true needs tensor_model_parallel_size > 1; set "
+        r"parallel\.sequence_parallel=false",
+        "sequence-parallel-without-tp",
+    ),
+    bad(
+        ["model.normalization=BatchNorm"],
+        1,
+        r"model\.normalization: 'BatchNorm' is unknown; use one of .*'RMSNorm'",
+        "unknown-normalization",
+    ),
+    bad(
+        ["model.activation=relu"],
+        1,
+        r"model\.activation: 'relu' is unknown; use one of .*'swiglu'",
+        "unknown-activation",
+    ),
+    bad(
+        ["optim.warmup_steps=200"],
+        1,
+        r"optim\.warmup_steps: 200 must be between 1 and the schedule length \(100\); lower "
+        r"optim\.warmup_steps or raise trainer\.max_steps",
+        "warmup-longer-than-schedule",
+    ),
+    bad(
+        ["data.split='98,2'"],
+        1,
+        r"data\.split: '98,2' must be three weights 'train,valid,test', e\.g\. data\.split='98,2,0'",
+        "split-two-parts",
+    ),
+    bad(
+        ["data.split='a,b,c'"],
+        1,
+        r"data\.split: 'a,b,c' must be three weights .*data\.split='98,2,0'",
+        "split-not-numbers",
+    ),
+    bad(
+        ["data.split='100,0,0'"],
+        1,
+        r"data\.split: '100,0,0' has no validation share but trainer\.eval_interval is 50; .*"
+        r"trainer\.eval_interval=0",
+        "eval-without-validation-share",
+    ),
+    bad(
+        ["wandb.mode=bogus"],
+        1,
+        r"wandb\.mode: 'bogus' is unknown; use online, offline or disabled",
+        "wandb-mode",
+    ),
+    bad(
+        ["parallel.micro_batch_size=-2"],
+        1,
+        r"parallel\.micro_batch_size: -2 must be a positive integer; set parallel\.micro_batch_size=1 or more",
+        "negative-micro-batch",
+    ),
+    bad(
+        ["parallel=pp2", "parallel.partition_method=bogus"],
+        2,
+        r"parallel\.partition_method: 'bogus' is unknown; use uniform, parameters or type:<regex>",
+        "partition-method",
+    ),
+    bad(
+        ["data.tokenizer=gpt2"],
+        1,
+        r"data\.tokenizer: 'gpt2' is unknown; use data\.tokenizer=byte.*data\.vocab_size=N",
+        "unknown-tokenizer",
+    ),
+    bad(
+        ["data.path=null"],
+        1,
+        r"data\.path: an indexed dataset needs the \.bin/\.idx prefix; set data\.path=\.\.\. or data=corpus",
+        "indexed-without-path",
+    ),
+    bad(
+        ["trainer.eval_iters=0"],
+        1,
+        r"trainer\.eval_iters: 0 must be >= 1 when evaluation is on; set trainer\.eval_iters=1",
+        "eval-iters-zero",
+    ),
+    bad(
+        ["optim.betas=[0.9,1.0]"],
+        1,
+        r"optim\.betas: \[0\.9, 1\.0\] must be two numbers in \[0, 1\), e\.g\. optim\.betas=\[0\.9,0\.95\]",
+        "beta-one",
+    ),
+    bad(
+        ["model.num_query_groups=0"],
+        1,
+        r"model\.num_query_groups: 0 must be >= 1; use null",
+        "zero-query-groups",
+    ),
+]
+
+
+def test_the_table_is_broad():
+    assert len(BAD_CONFIGS) >= 18
+    assert len({p.id for p in BAD_CONFIGS}) == len(BAD_CONFIGS)
+
+
+@pytest.mark.parametrize(("overrides", "world_size", "planned", "pattern"), BAD_CONFIGS)
+def test_bad_config_is_refused(typed_config, overrides, world_size, planned, pattern):
+    config = typed_config(overrides)
+    with pytest.raises(ConfigError, match=pattern):
+        validate(config, world_size, cuda_available=False, planned=planned)
+
+
+@pytest.mark.parametrize(("overrides", "world_size", "planned", "pattern"), BAD_CONFIGS)
+def test_each_bad_config_is_one_override_away_from_a_good_one(
+    typed_config, overrides, world_size, planned, pattern
+):
+    """Guards the table: without the bad overrides (and on a world that fits) the config validates,
+    so each row fails for the reason it names, not for an unrelated one."""
+    config = typed_config([o for o in overrides if o.startswith(("parallel=", "model="))])
+    par = config.parallel
+    fitting_world = par.tensor_model_parallel_size * par.pipeline_model_parallel_size
+    validate(config, fitting_world, cuda_available=False, planned=planned)
+
+
+def test_sequence_parallel_needs_fused_norms(typed_config):
+    config = typed_config(["parallel=tp2", "parallel.sequence_parallel=true"])
+    with pytest.raises(
+        ConfigError,
+        match=r"parallel\.sequence_parallel: true needs Transformer Engine or Apex norms .*install "
+        r"transformer-engine or set parallel\.sequence_parallel=false",
+    ):
+        validate(config, 2, cuda_available=False)
+    assert validate(config, 2, cuda_available=False, fused_norms_available=True).layout.tensor_parallel == 2
+
+
+def test_cuda_settings_pass_where_cuda_is_available(typed_config):
+    config = typed_config(["cluster.device=cuda", "cluster.backend=nccl", "precision=fp16"])
+    assert validate(config, 1, cuda_available=True).layout.world_size == 1
+
+
+def test_byte_vocabulary_with_padding_one_still_splits_over_tp2(typed_config):
+    # 258 is even, so make_vocab_size_divisible_by=1 leaves a vocabulary tp 2 can split.
+    config = typed_config(["parallel=tp2", "model.make_vocab_size_divisible_by=1"])
+    assert padded_vocab_size(258, 1) == 258
+    assert validate(config, 2, cuda_available=False).layout.tensor_parallel == 2
+
+
+def test_several_problems_are_reported_together(typed_config):
+    config = typed_config(
+        ["parallel=tp2", "parallel.zero_stage=7", "wandb.mode=x", "model.activation=relu", "precision=fp16"]
+    )
+    with pytest.raises(ConfigError) as info:
+        validate(config, 4, cuda_available=False)
+    message = str(info.value)
+    assert message.startswith("4 config problems:\n")
+    for line in (
+        r"  - parallel\.zero_stage: 7 is not a ZeRO stage",
+        r"  - model\.activation: 'relu' is unknown",
+        r"  - precision\.dtype: 'fp16' is not supported on cpu",
+        r"  - wandb\.mode: 'x' is unknown",
+    ):
+        assert re.search(line, message, re.M), line
+
+
+def test_range_errors_are_reported_together_before_the_arithmetic(typed_config):
+    config = typed_config(["parallel.micro_batch_size=0", "model.num_layers=-1"])
+    with pytest.raises(ConfigError, match=r"^2 config problems:") as info:
+        validate(config, 1, cuda_available=False)
+    assert "parallel.micro_batch_size: 0 must be a positive integer" in str(info.value)
+    assert "model.num_layers: -1 must be a positive integer" in str(info.value)
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_good_config_derives_the_layout(typed_config):
+    config = typed_config(
+        ["parallel=tp2_pp2", "parallel.global_batch_size=16", "parallel.micro_batch_size=2"]
+    )
+    verdict = validate(config, 8, cuda_available=False)
+    layout = verdict.layout
+    assert (layout.tensor_parallel, layout.pipeline_parallel) == (2, 2)
+    assert layout.data_parallel == 2
+    assert layout.gradient_accumulation_steps == 4
+    assert layout.world_size == 8
+    assert verdict.warnings == ["pipeline: bubble fraction (p-1)/m = (2-1)/4 = 0.25"]
+
+
+def test_too_few_micro_batches_for_the_pipeline_warns_with_a_fix(typed_config):
+    config = typed_config(["parallel=pp2", "parallel.global_batch_size=2"])
+    (warning,) = validate(config, 2, cuda_available=False).warnings
+    assert re.search(
+        r"1 micro-batches per step for 2 stages.*parallel\.global_batch_size to at least 4", warning
+    )
+
+
+def test_no_pipeline_no_warning(typed_config):
+    assert validate(typed_config(["parallel=tp2"]), 4, cuda_available=False).warnings == []
+
+
+def test_validation_started_no_process_group():
+    # Last in this module: nothing above (the whole table included) may touch torch.distributed.
+    assert not torch.distributed.is_initialized()
