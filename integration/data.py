@@ -62,12 +62,23 @@ def check_data_files(data: DataConfig) -> None:
             f"is truncated or does not belong to this index; {fix}"
         )
     vocab = tokenizer_vocab_size(data.tokenizer, data.vocab_size)
-    tokens = np.memmap(bin_, dtype=dataset.index.dtype, mode="r")
-    if tokens.size and int(tokens.max()) >= vocab:
+    largest = _largest_token_id(np.memmap(bin_, dtype=dataset.index.dtype, mode="r"))
+    if largest >= vocab:
         raise ConfigError(
-            f"data.vocab_size: the data holds token id {int(tokens.max())} but the vocabulary is {vocab}; "
-            f"set data.vocab_size={int(tokens.max()) + 1} (or the tokenizer that made the files)"
+            f"data.vocab_size: {bin_} holds token id {largest} but the vocabulary is {vocab}; set "
+            f"data.vocab_size={largest + 1} or data.path to files made with data.tokenizer={data.tokenizer}"
         )
+
+
+def _largest_token_id(tokens: np.ndarray, budget: int = 1 << 24) -> int:
+    """Largest id in the whole file when it is small; for a large corpus, in 64 evenly spread
+    windows of `budget` tokens in all — enough to catch files from another tokenizer without
+    reading terabytes on every rank at start-up."""
+    if tokens.size <= budget:
+        return int(tokens.max()) if tokens.size else -1
+    window = budget // 64
+    starts = np.linspace(0, tokens.size - window, 64, dtype=np.int64)
+    return max(int(tokens[start : start + window].max()) for start in starts)
 
 
 class SyntheticDataset(torch.utils.data.Dataset):

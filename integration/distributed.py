@@ -3,6 +3,7 @@ groups, and the adapter through which DeepSpeed sees them."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 from dataclasses import dataclass
@@ -42,7 +43,10 @@ def _free_port() -> int:
 
 def init_process_group(cluster: ClusterConfig, env: LaunchEnv) -> None:
     """torch.distributed via deepspeed.init_distributed; a plain `python train.py` becomes a
-    one-process group so the single-process path is the multi-process path."""
+    one-process group so the single-process path is the multi-process path. Idempotent: the next
+    job of a Hydra multirun reuses the group."""
+    if torch.distributed.is_initialized():
+        return
     if env.world_size == 1 and "MASTER_ADDR" not in os.environ:
         os.environ.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
@@ -147,9 +151,18 @@ class MegatronMpu:
 
 
 def teardown() -> None:
+    """End of one training run: Megatron-Core's groups go; the world process group stays, so a
+    Hydra multirun (`-m`) can run its next job in the same processes (re-creating a gloo group on
+    the same port races between ranks). It is destroyed at interpreter exit."""
     from megatron.core import parallel_state
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+
+
+def _destroy_process_group_at_exit() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+atexit.register(_destroy_process_group_at_exit)

@@ -26,7 +26,7 @@ from integration.cpu_compat import apply_cpu_patches
 from integration.data import BatchSampler, Datasets, collate
 from integration.layout import Layout
 from integration.model import TORCH_DTYPES, layer_spec, parameter_groups, transformer_config
-from integration.trainer import PreClipGradNorm, StepResult, masked_mean
+from integration.trainer import PreClipGradNorm, StepResult, fp16_loss_scale, masked_mean
 
 
 class EmbeddingPipe(torch.nn.Module):
@@ -259,7 +259,12 @@ class PipelineStep:
     def train_step(self, step: int) -> StepResult:
         lr = self.engine.get_lr()[0]
         loss = self.engine.train_batch(data_iter=self._micro_batches(self.datasets.train, step))
-        return StepResult(loss=float(loss), grad_norm=self.grad_norm.read(), lr=float(lr))
+        return StepResult(
+            loss=float(loss),
+            grad_norm=self.grad_norm.read(),
+            lr=float(lr),
+            loss_scale=fp16_loss_scale(self.engine),
+        )
 
     @torch.no_grad()
     def eval_loss(self, iters: int) -> float:

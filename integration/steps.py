@@ -10,7 +10,14 @@ import torch.distributed as dist
 from integration.config.schema import ModelConfig, OptimConfig, ParallelConfig
 from integration.data import BatchSampler, Datasets, collate
 from integration.layout import Layout
-from integration.trainer import PreClipGradNorm, StepResult, StepRunner, data_parallel_mean, masked_mean
+from integration.trainer import (
+    PreClipGradNorm,
+    StepResult,
+    StepRunner,
+    data_parallel_mean,
+    fp16_loss_scale,
+    masked_mean,
+)
 
 
 def build_step_runner(
@@ -76,7 +83,12 @@ class DenseStep:
             engine.step()
             losses.append(loss.detach())
         mean_loss = data_parallel_mean(torch.stack(losses).mean())
-        return StepResult(loss=float(mean_loss), grad_norm=self.grad_norm.read(), lr=float(lr))
+        return StepResult(
+            loss=float(mean_loss),
+            grad_norm=self.grad_norm.read(),
+            lr=float(lr),
+            loss_scale=fp16_loss_scale(self.engine),
+        )
 
     @torch.no_grad()
     def eval_loss(self, iters: int) -> float:

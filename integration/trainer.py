@@ -16,6 +16,7 @@ import torch.distributed as dist
 from integration.config.schema import TrainerConfig
 from integration.layout import Layout
 from integration.metrics import MetricsLog, Progress
+from integration.perf import Throughput, memory_metrics
 
 
 @dataclass
@@ -26,6 +27,8 @@ class StepResult:
     """Global gradient norm before clipping."""
     lr: float
     """Learning rate this step applied."""
+    loss_scale: float | None = None
+    """fp16 dynamic loss scale after the step; None without fp16."""
 
 
 class StepRunner(Protocol):
@@ -70,6 +73,15 @@ def global_grad_norm(parameters) -> float:
     return float(squares.sqrt())
 
 
+def fp16_loss_scale(engine) -> float | None:
+    """DeepSpeed's dynamic loss scale (fp16 only): a drop means an overflow skipped the step."""
+    if not engine.fp16_enabled():
+        return None
+    optimizer = engine.optimizer
+    config = getattr(optimizer, "loss_scale_config", None)
+    return float(config.cur_scale if config is not None else optimizer.cur_scale)
+
+
 class PreClipGradNorm:
     """ZeRO stage 0 clips gradients without reporting their norm (get_global_grad_norm() is None).
     Measure it where DeepSpeed is about to clip (or, with clipping off, before the optimizer step),
@@ -108,20 +120,22 @@ class TrainLoop:
         runner: StepRunner,
         config: TrainerConfig,
         layout: Layout,
-        tokens_per_sample: int,
+        throughput: Throughput,
         metrics: MetricsLog,
         progress: Progress,
         tracker=None,
         first_step: int = 0,
+        device: torch.device | None = None,
     ):
         self.runner = runner
         self.config = config
         self.layout = layout
-        self.tokens_per_sample = tokens_per_sample
+        self.throughput = throughput
         self.metrics = metrics
         self.progress = progress
         self.tracker = tracker
         self.first_step = first_step
+        self.device = device or torch.device("cpu")
 
     def run(self) -> list[StepResult]:
         results = []
@@ -146,18 +160,22 @@ class TrainLoop:
             "loss": result.loss,
             "lr": result.lr,
             "grad_norm": result.grad_norm,
-            "tokens_per_sec": self.layout.global_batch_size * self.tokens_per_sample / elapsed,
+            **self.throughput.metrics(elapsed),
             "samples": samples,
+            "tokens": step * self.throughput.tokens_per_step,
             "step_time": elapsed,
+            **({"loss_scale": result.loss_scale} if result.loss_scale is not None else {}),
+            **memory_metrics(self.device),
         }
         self.metrics.write(row)
         self.progress.update(row)
         if self.tracker is not None:
-            self.tracker.log_train(row, tokens_seen=samples * self.tokens_per_sample)
+            self.tracker.log(row)
 
     def _log_eval(self, step: int) -> None:
         val_loss = self.runner.eval_loss(self.config.eval_iters)
-        self.metrics.write({"step": step, "val_loss": val_loss})
+        row = {"step": step, "val_loss": val_loss, "tokens": step * self.throughput.tokens_per_step}
+        self.metrics.write(row)
         self.progress.note(f"step {step} val_loss {val_loss:.4f}")
         if self.tracker is not None:
-            self.tracker.log_eval(step, val_loss)
+            self.tracker.log(row)

@@ -43,8 +43,13 @@ class _Problems:
         return ok
 
 
-def validate(cfg: TrainConfig, world_size: int, cuda_available: bool, planned: bool = False,
-             fused_norms_available: bool = False) -> Verdict:
+def validate(
+    cfg: TrainConfig,
+    world_size: int,
+    cuda_available: bool,
+    planned: bool = False,
+    fused_norms_available: bool = False,
+) -> Verdict:
     """Raise ConfigError listing every problem, or return the derived layout and warnings.
     `planned`: the world size is the cluster's (dry run), not a launcher's process count.
     `fused_norms_available`: Transformer Engine or Apex is importable (sequence parallelism)."""
@@ -137,7 +142,8 @@ def _check_parallel(cfg: TrainConfig, world_size: int, planned: bool, p: _Proble
     )
     p.check(
         par.activation_checkpoint_interval >= 0,
-        f"parallel.activation_checkpoint_interval: {par.activation_checkpoint_interval} must be >= 0",
+        f"parallel.activation_checkpoint_interval: {par.activation_checkpoint_interval} must be >= 0; "
+        "0 disables, N checkpoints every N transformer layers",
     )
     method = par.partition_method
     p.check(
@@ -163,7 +169,8 @@ def _check_model(cfg: TrainConfig, p: _Problems) -> None:
     heads, groups = model.num_attention_heads, query_groups(model)
     p.check(
         model.hidden_size % heads == 0,
-        f"model.hidden_size: {model.hidden_size} is not divisible by num_attention_heads({heads})",
+        f"model.hidden_size: {model.hidden_size} is not divisible by num_attention_heads({heads}); "
+        "choose model.num_attention_heads dividing the hidden size",
     )
     p.check(
         heads % tp == 0,
@@ -172,17 +179,19 @@ def _check_model(cfg: TrainConfig, p: _Problems) -> None:
     )
     p.check(
         heads % groups == 0,
-        f"model.num_query_groups: {groups} does not divide num_attention_heads({heads})",
+        f"model.num_query_groups: {groups} does not divide num_attention_heads({heads}); choose a "
+        "divisor of the heads (null means one key/value head per attention head)",
     )
     p.check(
-        groups % tp == 0,
+        model.num_query_groups is None or groups % tp == 0,
         f"model.num_query_groups: {groups} key/value heads are not divisible by "
         f"tensor_model_parallel_size({tp}); lower tp or raise model.num_query_groups",
     )
     ffn = model.ffn_hidden_size or 4 * model.hidden_size
     p.check(
         ffn % tp == 0,
-        f"model.ffn_hidden_size: {ffn} is not divisible by tensor_model_parallel_size({tp})",
+        f"model.ffn_hidden_size: {ffn} is not divisible by tensor_model_parallel_size({tp}); set "
+        f"model.ffn_hidden_size to a multiple of {tp}",
     )
     if par.partition_method == "uniform":
         p.check(
@@ -193,7 +202,8 @@ def _check_model(cfg: TrainConfig, p: _Problems) -> None:
     else:
         p.check(
             model.num_layers >= pp,
-            f"model.num_layers: {model.num_layers} is fewer than pipeline stages({pp})",
+            f"model.num_layers: {model.num_layers} is fewer than pipeline stages({pp}); lower "
+            "parallel.pipeline_model_parallel_size",
         )
     positions = model.max_position_embeddings or model.seq_length
     p.check(
@@ -223,7 +233,7 @@ def _check_model(cfg: TrainConfig, p: _Problems) -> None:
         ("model.hidden_dropout", model.hidden_dropout),
         ("model.attention_dropout", model.attention_dropout),
     ]:
-        p.check(0.0 <= rate < 1.0, f"{key}: {rate} must be in [0, 1)")
+        p.check(0.0 <= rate < 1.0, f"{key}: {rate} must be in [0, 1); e.g. {key}=0.0")
     try:
         data_vocab = tokenizer_vocab_size(cfg.data.tokenizer, cfg.data.vocab_size)
     except ConfigError as err:
@@ -276,18 +286,25 @@ def _check_run(cfg: TrainConfig, p: _Problems) -> None:
         f"trainer.eval_iters: {trainer.eval_iters} must be >= 1 when evaluation is on; "
         "set trainer.eval_iters=1 or trainer.eval_interval=0",
     )
-    p.check(optim.lr > 0, f"optim.lr: {optim.lr} must be > 0")
+    p.check(optim.lr > 0, f"optim.lr: {optim.lr} must be > 0, e.g. optim.lr=3e-4")
     p.check(0.0 <= optim.min_lr_ratio <= 1.0, f"optim.min_lr_ratio: {optim.min_lr_ratio} must be in [0, 1]")
     p.check(
         len(optim.betas) == 2 and all(0.0 <= b < 1.0 for b in optim.betas),
         f"optim.betas: {list(optim.betas)} must be two numbers in [0, 1), e.g. optim.betas=[0.9,0.95]",
     )
     p.check(optim.clip_grad >= 0, f"optim.clip_grad: {optim.clip_grad} must be >= 0 (0 disables)")
+    if optim.decay_steps is not None:
+        p.check(
+            optim.decay_steps >= 2,
+            f"optim.decay_steps: {optim.decay_steps} must be >= 2 (or null for trainer.max_steps)",
+        )
     decay = optim.decay_steps or trainer.max_steps
+    length_key = "optim.decay_steps" if optim.decay_steps else "trainer.max_steps"
+    # DeepSpeed's WarmupCosineLR silently turns a warmup of 1 into 2.
     p.check(
-        1 <= optim.warmup_steps <= decay,
-        f"optim.warmup_steps: {optim.warmup_steps} must be between 1 and the schedule length "
-        f"({decay}); lower optim.warmup_steps or raise trainer.max_steps",
+        2 <= optim.warmup_steps <= decay,
+        f"optim.warmup_steps: {optim.warmup_steps} must be between 2 and the schedule length "
+        f"({length_key} = {decay}); lower optim.warmup_steps or raise {length_key}",
     )
     p.check(
         data.kind in DATA_KINDS, f"data.kind: {data.kind!r} is unknown; use data=corpus or data=synthetic"

@@ -43,12 +43,13 @@ register_schemas()
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    config = to_typed(cfg)
     env = LaunchEnv.from_environ()
-    cluster = config.cluster
-    world_size = cluster.num_nodes * cluster.gpus_per_node if config.dry_run else env.world_size
     try:
         import torch
+
+        config = to_typed(cfg)
+        cluster = config.cluster
+        world_size = cluster.num_nodes * cluster.gpus_per_node if config.dry_run else env.world_size
 
         verdict = validate(
             config,
@@ -89,9 +90,11 @@ def train(
     from integration.data import build_datasets
     from integration.ds_config import build_deepspeed_config
     from integration.metrics import MetricsLog, Progress, write_run_config
+    from integration.model_size import flops_per_token
+    from integration.perf import Throughput
     from integration.plan import model_vocab_size
     from integration.steps import build_step_runner
-    from integration.tracking import WandbTracker
+    from integration.tracking import RunLabels, WandbTracker, run_metadata
     from integration.trainer import TrainLoop
 
     distributed.init_process_group(config.cluster, env)
@@ -100,6 +103,7 @@ def train(
         distributed.seed_everything(config.trainer.seed)
         device = torch.device(f"cuda:{env.local_rank}" if config.cluster.device == "cuda" else "cpu")
         trainer = config.trainer
+        vocab_size = model_vocab_size(config.model, config.data.tokenizer, config.data.vocab_size)
         datasets = build_datasets(
             config.data,
             config.model.seq_length,
@@ -112,7 +116,7 @@ def train(
             config.parallel,
             config.optim,
             config.precision.dtype,
-            vocab_size=model_vocab_size(config.model, config.data.tokenizer, config.data.vocab_size),
+            vocab_size=vocab_size,
             ds_config=build_deepspeed_config(
                 layout, config.parallel, config.optim, config.precision, trainer.max_steps
             ),
@@ -125,21 +129,39 @@ def train(
         logging_rank = runner.is_logging_rank
         if logging_rank:
             write_run_config(run_dir, resolved_yaml, overrides)
+        labels = RunLabels.derive(
+            config.wandb,
+            config.run.name,
+            config.model.name,
+            config.data.name,
+            layout,
+            config.parallel.zero_stage,
+            config.precision.dtype,
+        )
         tracker = WandbTracker.create(
             config.wandb,
             run_dir,
-            config.run.name,
-            OmegaConf.to_container(OmegaConf.create(resolved_yaml)),
+            labels,
+            {**OmegaConf.to_container(OmegaConf.create(resolved_yaml)), **run_metadata(layout, overrides)},
             enabled=logging_rank,
         )
+        cluster = config.cluster
         loop = TrainLoop(
             runner,
             trainer,
             layout,
-            tokens_per_sample=config.model.seq_length,
+            Throughput(
+                tokens_per_step=layout.global_batch_size * config.model.seq_length,
+                flops_per_token=flops_per_token(config.model, vocab_size),
+                devices=layout.world_size,
+                peak_tflops=cluster.peak_tflops_fp32
+                if config.precision.dtype == "fp32"
+                else cluster.peak_tflops_bf16,
+            ),
             metrics=MetricsLog(run_dir / "metrics.jsonl", enabled=logging_rank),
             progress=Progress(trainer.max_steps, 0, enabled=logging_rank and trainer.progress),
             tracker=tracker,
+            device=device,
         )
         loop.run()
         if tracker is not None:

@@ -1,5 +1,7 @@
 """Config schema, ConfigStore registration and conversion of a composed tree to typed objects."""
 
+import dataclasses
+
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,6 +17,7 @@ from integration.config.schema import (
     TrainerConfig,
     WandbConfig,
 )
+from integration.errors import ConfigError
 
 __all__ = [
     "ClusterConfig",
@@ -40,5 +43,21 @@ def register_schemas() -> None:
 
 
 def to_typed(cfg: DictConfig) -> TrainConfig:
-    """The composed Hydra tree as plain typed dataclasses (interpolations resolved)."""
-    return OmegaConf.to_object(cfg)
+    """The composed Hydra tree as plain typed dataclasses (interpolations resolved). Keys the schema
+    does not know (added with Hydra's `+key=value`) are refused: they would be silently ignored."""
+    config = OmegaConf.to_object(cfg)
+    _refuse_unknown_keys(config, "")
+    return config
+
+
+def _refuse_unknown_keys(node, prefix: str) -> None:
+    if not dataclasses.is_dataclass(node):
+        return
+    known = {f.name for f in dataclasses.fields(node)}
+    for key, value in vars(node).items():
+        if key not in known:
+            raise ConfigError(
+                f"{prefix}{key}: not a key of {type(node).__name__}; remove the override "
+                f"'+{prefix}{key}=...' (known keys: {', '.join(sorted(known))})"
+            )
+        _refuse_unknown_keys(value, f"{prefix}{key}.")

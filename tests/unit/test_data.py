@@ -94,7 +94,7 @@ def test_token_id_beyond_the_vocabulary(prefix):
     # The byte files hold ids up to 256 (end-of-document); a 200-token vocabulary cannot embed them.
     with pytest.raises(
         ConfigError,
-        match=r"data\.vocab_size: the data holds token id 256 but the vocabulary is 200; set data\.vocab_size=257",
+        match=r"data\.vocab_size: .*\.bin holds token id 256 but the vocabulary is 200; set data\.vocab_size=257",
     ):
         check_data_files(indexed(prefix, vocab_size=200))
 

@@ -132,9 +132,22 @@ BAD_CONFIGS = [
     bad(
         ["optim.warmup_steps=200"],
         1,
-        r"optim\.warmup_steps: 200 must be between 1 and the schedule length \(100\); lower "
-        r"optim\.warmup_steps or raise trainer\.max_steps",
+        r"optim\.warmup_steps: 200 must be between 2 and the schedule length \(trainer\.max_steps = "
+        r"100\); lower optim\.warmup_steps or raise trainer\.max_steps",
         "warmup-longer-than-schedule",
+    ),
+    bad(
+        ["optim.decay_steps=5"],
+        1,
+        r"optim\.warmup_steps: 10 must be between 2 and the schedule length \(optim\.decay_steps = 5\); "
+        r"lower optim\.warmup_steps or raise optim\.decay_steps",
+        "warmup-longer-than-explicit-decay",
+    ),
+    bad(
+        ["optim.warmup_steps=1"],
+        1,
+        r"optim\.warmup_steps: 1 must be between 2 and the schedule length",
+        "warmup-of-one-step",
     ),
     bad(
         ["data.split='98,2'"],
@@ -310,3 +323,12 @@ def test_no_pipeline_no_warning(typed_config):
 def test_validation_started_no_process_group():
     # Last in this module: nothing above (the whole table included) may touch torch.distributed.
     assert not torch.distributed.is_initialized()
+
+
+def test_key_added_with_plus_that_the_schema_lacks_is_refused(compose):
+    from integration.config import to_typed
+
+    with pytest.raises(
+        ConfigError, match=r"model\.hiden_size: not a key of ModelConfig; remove the override"
+    ):
+        to_typed(compose(["+model.hiden_size=3"]))

@@ -1,0 +1,40 @@
+"""Throughput, model FLOPs utilisation and memory, per logged step."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Throughput:
+    tokens_per_step: int
+    """Global batch × sequence length."""
+    flops_per_token: float
+    """Training FLOPs per token (integration.model_size.flops_per_token)."""
+    devices: int
+    peak_tflops: float | None
+    """Dense peak per device for the run's precision, from the cluster config; None: no MFU."""
+
+    def metrics(self, step_time: float) -> dict[str, float]:
+        tokens_per_sec = self.tokens_per_step / step_time
+        tflops = tokens_per_sec * self.flops_per_token / self.devices / 1e12
+        row = {"tokens_per_sec": tokens_per_sec, "tflops_per_device": tflops}
+        if self.peak_tflops:
+            row["mfu"] = tflops / self.peak_tflops
+        return row
+
+
+def memory_metrics(device: torch.device) -> dict[str, float]:
+    """Peak device memory on a GPU; peak resident set size of this process on CPU (GiB)."""
+    if device.type == "cuda":
+        return {
+            "memory/peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+            "memory/peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
+        }
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return {"memory/peak_rss_gib": peak * scale / 2**30}
