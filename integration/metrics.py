@@ -18,11 +18,20 @@ def _clean(value: Any) -> Any:
 class MetricsLog:
     """Appends one JSON object per logged step. A no-op on every rank but the logging rank."""
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, enabled: bool, resume_step: int = 0):
+        """Rows after `resume_step` (written before a crash, recomputed now) are dropped, so the
+        file holds each step once; a fresh run (resume_step 0) starts an empty file."""
         self.path = path
         self.enabled = enabled
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = (
+            [r for r in read_metrics(path) if r["step"] <= resume_step]
+            if resume_step and path.exists()
+            else []
+        )
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:

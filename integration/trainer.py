@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -32,6 +32,8 @@ class StepResult:
 
 
 class StepRunner(Protocol):
+    engine: Any
+    """The DeepSpeed engine (plain or pipeline): checkpoints go through it."""
     is_logging_rank: bool
     """The one rank that writes metrics, W&B and progress (global rank 0)."""
 
@@ -126,6 +128,7 @@ class TrainLoop:
         tracker=None,
         first_step: int = 0,
         device: torch.device | None = None,
+        checkpointer=None,
     ):
         self.runner = runner
         self.config = config
@@ -136,6 +139,7 @@ class TrainLoop:
         self.tracker = tracker
         self.first_step = first_step
         self.device = device or torch.device("cpu")
+        self.checkpointer = checkpointer
 
     def run(self) -> list[StepResult]:
         results = []
@@ -150,6 +154,8 @@ class TrainLoop:
                 self._log_train(done, result, elapsed)
             if cfg.eval_interval and (done % cfg.eval_interval == 0 or done == cfg.max_steps):
                 self._log_eval(done)
+            if self.checkpointer is not None:
+                self.checkpointer.maybe_save(done, final=done == cfg.max_steps)
         self.progress.close()
         return results
 

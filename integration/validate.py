@@ -325,6 +325,14 @@ def _check_run(cfg: TrainConfig, p: _Problems) -> None:
             f"data.split: {data.split!r} has no validation share but trainer.eval_interval is "
             f"{trainer.eval_interval}; give it one (data.split='98,2,0') or set trainer.eval_interval=0",
         )
+    for key, value in [
+        ("checkpoint.interval", cfg.checkpoint.interval),
+        ("checkpoint.keep_last", cfg.checkpoint.keep_last),
+    ]:
+        p.check(
+            value >= 0,
+            f"{key}: {value} must be >= 0 (0: {'only at the end' if 'interval' in key else 'keep all'})",
+        )
     p.check(
         cfg.wandb.mode in WANDB_MODES,
         f"wandb.mode: {cfg.wandb.mode!r} is unknown; use online, offline or disabled",

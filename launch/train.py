@@ -12,6 +12,7 @@ import sys
 import warnings
 from importlib.util import find_spec
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,6 +36,9 @@ from integration.config import TrainConfig, register_schemas, to_typed  # noqa: 
 from integration.distributed import LaunchEnv  # noqa: E402
 from integration.errors import ConfigError  # noqa: E402
 from integration.layout import Layout  # noqa: E402
+
+if TYPE_CHECKING:
+    from integration.checkpoint import ResumePoint
 from integration.plan import render_plan  # noqa: E402
 from integration.validate import validate  # noqa: E402
 
@@ -64,9 +68,19 @@ def main(cfg: DictConfig) -> None:
         if env.is_rank0:
             for note in verdict.warnings:
                 print(f"warning: {note}", file=sys.stderr)
+        from integration.checkpoint import checkpoint_root, find_resume_point
         from integration.data import check_data_files
 
         check_data_files(config.data)
+        resume = None
+        if config.checkpoint.resume:
+            resume = find_resume_point(
+                checkpoint_root(config.checkpoint, Path(config.run.dir)),
+                config.model,
+                verdict.layout,
+                config.parallel.zero_stage,
+                report=env.local_rank == 0,
+            )
     except ConfigError as err:
         if env.local_rank == 0:
             print(f"config error: {err}", file=sys.stderr)
@@ -76,17 +90,24 @@ def main(cfg: DictConfig) -> None:
         config,
         verdict.layout,
         env,
+        resume,
         OmegaConf.to_yaml(cfg, resolve=True),
         list(HydraConfig.get().overrides.task),
     )
 
 
 def train(
-    config: TrainConfig, layout: Layout, env: LaunchEnv, resolved_yaml: str, overrides: list[str]
+    config: TrainConfig,
+    layout: Layout,
+    env: LaunchEnv,
+    resume: ResumePoint | None,
+    resolved_yaml: str,
+    overrides: list[str],
 ) -> None:
     import torch
 
     from integration import distributed
+    from integration.checkpoint import Checkpointer, checkpoint_root
     from integration.data import build_datasets
     from integration.ds_config import build_deepspeed_config
     from integration.metrics import MetricsLog, Progress, write_run_config
@@ -127,6 +148,17 @@ def train(
         )
         run_dir = Path(config.run.dir)
         logging_rank = runner.is_logging_rank
+        checkpointer = Checkpointer(
+            runner.engine,
+            config.checkpoint,
+            checkpoint_root(config.checkpoint, run_dir),
+            config.model,
+            layout,
+            config.parallel.zero_stage,
+        )
+        first_step = checkpointer.load(resume) if resume is not None else 0
+        if logging_rank and resume is not None:
+            print(f"resumed from {resume.root / resume.tag} at step {first_step}", flush=True)
         if logging_rank:
             write_run_config(run_dir, resolved_yaml, overrides)
         labels = RunLabels.derive(
@@ -158,10 +190,12 @@ def train(
                 if config.precision.dtype == "fp32"
                 else cluster.peak_tflops_bf16,
             ),
-            metrics=MetricsLog(run_dir / "metrics.jsonl", enabled=logging_rank),
-            progress=Progress(trainer.max_steps, 0, enabled=logging_rank and trainer.progress),
+            metrics=MetricsLog(run_dir / "metrics.jsonl", enabled=logging_rank, resume_step=first_step),
+            progress=Progress(trainer.max_steps, first_step, enabled=logging_rank and trainer.progress),
             tracker=tracker,
+            first_step=first_step,
             device=device,
+            checkpointer=checkpointer,
         )
         loop.run()
         if tracker is not None:

@@ -6,6 +6,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from integration.config.schema import (
+    CheckpointConfig,
     ClusterConfig,
     DataConfig,
     ModelConfig,
@@ -20,6 +21,7 @@ from integration.config.schema import (
 from integration.errors import ConfigError
 
 __all__ = [
+    "CheckpointConfig",
     "ClusterConfig",
     "DataConfig",
     "ModelConfig",

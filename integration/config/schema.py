@@ -139,7 +139,20 @@ class DataConfig:
     seed: int | None = None
     """Sample-order seed; None means trainer.seed."""
     cache_dir: str | None = None
-    """Where sample-order indices are cached; None means <path>_cache next to the data."""
+    """Where sample-order indices are cached; None means a cache/ folder next to the data files."""
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 0
+    """Save every N steps; 0 saves only at the end (see save_at_end)."""
+    keep_last: int = 2
+    """Complete checkpoints kept; older ones are deleted after a newer one completes. 0 keeps all."""
+    dir: str | None = None
+    """None means <run.dir>/checkpoints."""
+    resume: bool = True
+    """Launching into a run.dir with a complete checkpoint continues from the newest one."""
+    save_at_end: bool = True
 
 
 @dataclass
@@ -188,6 +201,7 @@ class TrainConfig:
     precision: PrecisionConfig = MISSING
     data: DataConfig = MISSING
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     run: RunConfig = field(default_factory=RunConfig)
     dry_run: bool = False
