@@ -37,6 +37,8 @@ from integration.layout import Layout  # noqa: E402
 from integration.pipeline import PipelineStep  # noqa: E402
 
 PER_STEP_INSTRUCTIONS = ("ReduceGrads", "ReduceTiedGrads", "OptimizerStep")
+# Blocking gloo send/receive: the wait for the neighbour and the copy itself are both in here.
+TRANSFER_INSTRUCTIONS = ("SendActivation", "RecvActivation", "SendGrad", "RecvGrad")
 
 
 def parse_args() -> argparse.Namespace:
@@ -105,7 +107,7 @@ def measure(args, stages: int, micro_batches: int) -> dict[str, float]:
     timer = InstructionTimer(runner.engine)
     for step in range(2):
         runner.train_step(step)
-    ratios, fractions, step_times = [], [], []
+    ratios, fractions, step_times, transfer_shares = [], [], [], []
     for step in range(2, 2 + args.steps):
         timer.reset()
         dist.barrier()
@@ -115,6 +117,8 @@ def measure(args, stages: int, micro_batches: int) -> dict[str, float]:
         busy = timer.seconds.get("ForwardPass", 0) + timer.seconds.get("BackwardPass", 0)
         per_step = sum(timer.seconds.get(name, 0) for name in PER_STEP_INSTRUCTIONS)
         phase = total - per_step
+        transfers = sum(timer.seconds.get(name, 0) for name in TRANSFER_INSTRUCTIONS)
+        transfer_shares.append(transfers / busy)
         ratios.append((phase - busy) / busy)
         fractions.append((phase - busy) / phase)
         step_times.append(total)
@@ -122,6 +126,7 @@ def measure(args, stages: int, micro_batches: int) -> dict[str, float]:
         "idle_over_busy": statistics.median(ratios),
         "idle_fraction": statistics.median(fractions),
         "step_time": statistics.median(step_times),
+        "transfer_over_busy": statistics.median(transfer_shares),
     }
 
 
@@ -145,12 +150,15 @@ def main() -> None:
             f"micro-batch {args.micro_batch_size}, fp32, ZeRO-1; median of {args.steps} steps"
         )
         print(
-            f"{'m':>4} {'idle/busy':>10} {'(p-1)/m':>8} {'idle frac':>10} {'(p-1)/(m+p-1)':>14} {'step s':>8}"
+            f"{'m':>4} {'idle/busy':>10} {'(p-1)/m':>8} {'ratio':>7} {'idle frac':>10} {'(p-1)/(m+p-1)':>14} "
+            f"{'send+recv/busy':>15} {'step s':>8}"
         )
         for m, r in rows:
+            predicted = (stages - 1) / m
             print(
-                f"{m:>4} {r['idle_over_busy']:>10.3f} {(stages - 1) / m:>8.3f} {r['idle_fraction']:>10.3f} "
-                f"{(stages - 1) / (m + stages - 1):>14.3f} {r['step_time']:>8.3f}"
+                f"{m:>4} {r['idle_over_busy']:>10.3f} {predicted:>8.3f} {r['idle_over_busy'] / predicted:>7.2f} "
+                f"{r['idle_fraction']:>10.3f} {(stages - 1) / (m + stages - 1):>14.3f} "
+                f"{r['transfer_over_busy']:>15.3f} {r['step_time']:>8.3f}"
             )
     dist.barrier()
     dist.destroy_process_group()
