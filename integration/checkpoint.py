@@ -179,15 +179,17 @@ class Checkpointer:
         model: ModelConfig,
         layout: Layout,
         zero_stage: int,
-        client_state: dict[str, Any] | None = None,
+        stateful: dict[str, Any] | None = None,
     ):
+        """`stateful`: objects with state_dict()/load_state_dict() saved with every checkpoint
+        under their key (the stability monitor's spike history and counters)."""
         self.engine = engine
         self.config = config
         self.root = root
         self.model = model
         self.layout = layout
         self.zero_stage = zero_stage
-        self.client_state = client_state or {}
+        self.stateful = stateful or {}
         self.last_saved: int | None = None
 
     def maybe_save(self, step: int, final: bool) -> None:
@@ -200,7 +202,10 @@ class Checkpointer:
         tag = tag_for(step)
         rank = dist.get_rank()
         self.engine.save_checkpoint(
-            str(self.root), tag=tag, client_state={"step": step, **self.client_state}, save_latest=False
+            str(self.root),
+            tag=tag,
+            client_state={"step": step, **{k: v.state_dict() for k, v in self.stateful.items()}},
+            save_latest=False,
         )
         torch.save(_rng_state(), self.root / tag / f"rng_rank{rank:05d}.pt")
         dist.barrier()
@@ -243,8 +248,17 @@ class Checkpointer:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {point.root / point.tag}")
         rng_file = point.root / point.tag / f"rng_rank{dist.get_rank():05d}.pt"
         _set_rng_state(torch.load(rng_file, weights_only=False))
+        for key, obj in self.stateful.items():
+            if key in client_state:
+                obj.load_state_dict(client_state[key])
         self.last_saved = point.step
         return int(client_state["step"])
+
+    def newest_complete(self) -> ResumePoint | None:
+        """The newest checkpoint of this run that verifies (a rollback's target)."""
+        return find_resume_point(
+            self.root, self.model, self.layout, self.zero_stage, report=dist.get_rank() == 0
+        )
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -33,6 +33,13 @@ class MetricsLog:
         )
         path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
+    def rewind(self, step: int) -> None:
+        """Drop rows after `step` (a rollback recomputes them)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [r for r in read_metrics(self.path) if r["step"] <= step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return

@@ -21,11 +21,14 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_block import LayerNormImpl
 
-from integration.config.schema import ModelConfig, OptimConfig, ParallelConfig
+from integration.config.schema import ModelConfig, OptimConfig, ParallelConfig, StabilityConfig
 from integration.cpu_compat import apply_cpu_patches
 from integration.data import BatchSampler, Datasets, collate
 from integration.layout import Layout
 from integration.model import TORCH_DTYPES, layer_spec, parameter_groups, transformer_config
+from integration.stability.gate import StepGate
+from integration.stability.hooks import shrink_embedding_gradient, sum_partial_replicated_grads
+from integration.stability.losses import z_loss
 from integration.trainer import PreClipGradNorm, StepResult, fp16_loss_scale, masked_mean
 
 
@@ -115,15 +118,44 @@ class OutputPipe(torch.nn.Module):
         return logits
 
 
-def lm_loss(logits, labels):
-    """Masked mean token loss from vocab-parallel logits [s, b, v/tp], as GPTModel computes it."""
-    tokens, loss_mask = labels
-    per_token = tensor_parallel.vocab_parallel_cross_entropy(logits, tokens.transpose(0, 1).contiguous())
-    return masked_mean(per_token.transpose(0, 1), loss_mask)
+class LanguageModelLoss:
+    """The last stage's loss function: masked mean token cross entropy from vocab-parallel logits
+    [s, b, v/tp], as GPTModel computes it, plus the z-loss term while training. Keeps this step's
+    sums so the trainer can report cross entropy and z-loss separately."""
+
+    def __init__(self, z_loss_coefficient: float):
+        self.z_loss = z_loss_coefficient
+        self.reset()
+
+    def reset(self) -> None:
+        self.cross_entropy_sum = 0.0
+        self.z_loss_sum = 0.0
+        self.micro_batches = 0
+
+    def __call__(self, logits, labels):
+        tokens, loss_mask = labels
+        # First: the cross entropy below overwrites the logits with probabilities in place.
+        z_term = (
+            z_loss(logits, loss_mask, self.z_loss) if self.z_loss > 0 and torch.is_grad_enabled() else None
+        )
+        per_token = tensor_parallel.vocab_parallel_cross_entropy(logits, tokens.transpose(0, 1).contiguous())
+        loss = masked_mean(per_token.transpose(0, 1), loss_mask)
+        self.cross_entropy_sum = self.cross_entropy_sum + loss.detach().float()
+        self.micro_batches += 1
+        if z_term is None:
+            return loss
+        self.z_loss_sum = self.z_loss_sum + z_term.detach()
+        return loss + z_term
 
 
 def build_pipeline_module(
-    model: ModelConfig, parallel: ParallelConfig, dtype: str, vocab_size: int, seed: int, layout: Layout
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    dtype: str,
+    vocab_size: int,
+    seed: int,
+    layout: Layout,
+    loss_fn: LanguageModelLoss,
 ):
     from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
@@ -178,7 +210,7 @@ def build_pipeline_module(
     module = PipelineModule(
         layers=layers,
         topology=topology,
-        loss_fn=lm_loss,
+        loss_fn=loss_fn,
         partition_method=method,
         activation_checkpoint_interval=parallel.activation_checkpoint_interval,
         # The embedding stage's inputs need no grad; reentrant checkpointing of it would break.
@@ -212,21 +244,69 @@ def check_topology_agrees(topology) -> None:
 
 class PipelineStep:
     """pp > 1: one `train_batch` of DeepSpeed's pipeline engine per step (1F1B over the
-    gradient-accumulation micro-batches). The loss comes from the last stage; DeepSpeed
-    broadcasts it to every stage, so rank 0 reports it."""
+    gradient-accumulation micro-batches). The loss exists only on the last stage; before the
+    optimizer step it is agreed over the whole world (stability gate), which also gives every
+    rank the value to report."""
 
-    def __init__(self, engine, datasets: Datasets, layout: Layout, data_parallel_rank: int, device):
+    def __init__(
+        self,
+        engine,
+        datasets: Datasets,
+        layout: Layout,
+        data_parallel_rank: int,
+        device,
+        stability: StabilityConfig,
+        loss_fn: LanguageModelLoss,
+    ):
         self.engine = engine
         self.datasets = datasets
         self.layout = layout
         self.sampler = BatchSampler(layout, data_parallel_rank)
         self.device = device
+        self.loss_fn = loss_fn
         self.is_logging_rank = dist.get_rank() == 0
         # Tied copies on the non-owning stage carry the same gradient; count it once.
         self.grad_norm = PreClipGradNorm(
             engine,
             lambda: (p for p in engine.module.parameters() if not getattr(p, "ds_pipe_replicated", False)),
         )
+        self.gate = StepGate(engine, stability, self.grad_norm)
+        self._agreed = (float("nan"), float("nan"))
+        self._hook_optimizer_step()
+
+    def _hook_optimizer_step(self) -> None:
+        """The pipeline engine runs its optimizer step as the schedule's last instruction, looked up
+        in a class-level map; an instance-level copy of the map routes it through the gate. Every
+        stage reaches that instruction after its last backward pass and gradient reduction, so the
+        world-wide loss reduction there cannot cross a pipeline send."""
+        from deepspeed.runtime.pipe import schedule
+
+        engine_class = type(self.engine)
+        original = engine_class._INSTRUCTION_MAP[schedule.OptimizerStep]
+        step_runner = self
+
+        def optimizer_step(engine, lr_kwargs=None):
+            step_runner._agreed = step_runner._agree_losses()
+            step_runner.gate.before_update(step_runner._agreed[0])
+            return original(engine, lr_kwargs=lr_kwargs)
+
+        self.engine._INSTRUCTION_MAP = {
+            **engine_class._INSTRUCTION_MAP,
+            schedule.OptimizerStep: optimizer_step,
+        }
+
+    def _agree_losses(self) -> tuple[float, float]:
+        """Mean cross entropy and z-loss of this step over data parallel, from the last stage's
+        tensor rank 0 (the other tensor ranks hold the same values)."""
+        fn = self.loss_fn
+        owner = self.engine.is_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        if owner and fn.micro_batches:
+            sums[0] = torch.as_tensor(fn.cross_entropy_sum, dtype=torch.float64)
+            sums[1] = torch.as_tensor(fn.z_loss_sum, dtype=torch.float64)
+            sums[2] = fn.micro_batches
+        dist.all_reduce(sums)
+        return float(sums[0] / sums[2]), float(sums[1] / sums[2])
 
     @staticmethod
     def build(
@@ -240,36 +320,49 @@ class PipelineStep:
         layout: Layout,
         device,
         seed: int,
+        stability: StabilityConfig,
     ) -> PipelineStep:
         import deepspeed
 
         from integration.engine import start_schedule
 
-        module = build_pipeline_module(model, parallel, dtype, vocab_size, seed, layout)
+        loss_fn = LanguageModelLoss(stability.z_loss)
+        module = build_pipeline_module(model, parallel, dtype, vocab_size, seed, layout, loss_fn)
+        if stability.embedding_grad_shrink != 1.0:
+            for part in module.modules():
+                if isinstance(part, EmbeddingPipe):
+                    shrink_embedding_gradient(part.embedding.word_embeddings, stability.embedding_grad_shrink)
+        sum_partial_replicated_grads(module)
         groups = parameter_groups(module, optim.weight_decay, optim.no_decay_on_embeddings_norms_biases)
         engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=groups, config=ds_config)
         start_schedule(engine)
-        return PipelineStep(engine, datasets, layout, parallel_state.get_data_parallel_rank(), device)
+        return PipelineStep(
+            engine, datasets, layout, parallel_state.get_data_parallel_rank(), device, stability, loss_fn
+        )
 
     def _micro_batches(self, dataset, step: int):
         for micro in range(self.layout.gradient_accumulation_steps):
             batch = collate(dataset, self.sampler.indices(step, micro), self.device)
             yield (batch["tokens"], batch["position_ids"]), (batch["labels"], batch["loss_mask"])
 
-    def train_step(self, step: int) -> StepResult:
+    def train_step(self, step: int, data_step: int) -> StepResult:
         lr = self.engine.get_lr()[0]
-        loss = self.engine.train_batch(data_iter=self._micro_batches(self.datasets.train, step))
+        self.loss_fn.reset()
+        self.engine.train_batch(data_iter=self._micro_batches(self.datasets.train, data_step))
+        outcome = self.gate.after_update()
+        loss, z_term = self._agreed
         return StepResult(
-            loss=float(loss),
+            loss=loss,
             grad_norm=self.grad_norm.read(),
             lr=float(lr),
             loss_scale=fp16_loss_scale(self.engine),
+            z_loss=z_term if self.loss_fn.z_loss > 0 else None,
+            outcome=outcome,
         )
 
     @torch.no_grad()
     def eval_loss(self, iters: int) -> float:
-        losses = [
+        self.loss_fn.reset()
+        for step in range(iters):
             self.engine.eval_batch(data_iter=self._micro_batches(self.datasets.valid, step))
-            for step in range(iters)
-        ]
-        return float(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in losses]).mean())
+        return self._agree_losses()[0]

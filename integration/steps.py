@@ -7,9 +7,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from integration.config.schema import ModelConfig, OptimConfig, ParallelConfig
+from integration.config.schema import ModelConfig, OptimConfig, ParallelConfig, StabilityConfig
 from integration.data import BatchSampler, Datasets, collate
 from integration.layout import Layout
+from integration.stability.gate import StepGate
+from integration.stability.hooks import shrink_embedding_gradient, sum_partial_replicated_grads
+from integration.stability.losses import z_loss
 from integration.trainer import (
     PreClipGradNorm,
     StepResult,
@@ -31,6 +34,7 @@ def build_step_runner(
     layout: Layout,
     device: torch.device,
     seed: int,
+    stability: StabilityConfig,
 ) -> StepRunner:
     """Build the model and engine for this layout. Call with the same torch seed on every rank."""
     from megatron.core import parallel_state
@@ -39,14 +43,17 @@ def build_step_runner(
         from integration.pipeline import PipelineStep
 
         return PipelineStep.build(
-            model, parallel, optim, dtype, vocab_size, ds_config, datasets, layout, device, seed
+            model, parallel, optim, dtype, vocab_size, ds_config, datasets, layout, device, seed, stability
         )
     from integration.engine import build_engine
     from integration.model import build_gpt
 
     gpt = build_gpt(model, parallel, dtype, vocab_size, seed)
+    if stability.embedding_grad_shrink != 1.0:
+        shrink_embedding_gradient(gpt.embedding.word_embeddings, stability.embedding_grad_shrink)
+    sum_partial_replicated_grads(gpt)
     engine = build_engine(gpt, ds_config, optim)
-    return DenseStep(engine, datasets, layout, parallel_state.get_data_parallel_rank(), device)
+    return DenseStep(engine, datasets, layout, parallel_state.get_data_parallel_rank(), device, stability)
 
 
 class DenseStep:
@@ -54,7 +61,15 @@ class DenseStep:
 
     is_logging_rank: bool
 
-    def __init__(self, engine, datasets: Datasets, layout: Layout, data_parallel_rank: int, device):
+    def __init__(
+        self,
+        engine,
+        datasets: Datasets,
+        layout: Layout,
+        data_parallel_rank: int,
+        device,
+        stability: StabilityConfig,
+    ):
         self.is_logging_rank = dist.get_rank() == 0
         self.engine = engine
         self.datasets = datasets
@@ -62,6 +77,18 @@ class DenseStep:
         self.sampler = BatchSampler(layout, data_parallel_rank)
         self.device = device
         self.grad_norm = PreClipGradNorm(engine, engine.module.parameters)
+        self.gate = StepGate(engine, stability, self.grad_norm)
+        self.z_loss = stability.z_loss
+        self._loss_mask: torch.Tensor | None = None
+        self._z_term: torch.Tensor | None = None
+        if self.z_loss > 0:
+            engine.module.output_layer.register_forward_hook(self._z_loss_of_logits)
+
+    def _z_loss_of_logits(self, _module, _inputs, output) -> None:
+        """Right after the output layer: Megatron's vocab-parallel cross entropy overwrites the
+        logits with softmax probabilities in place, so the z-loss must read them first."""
+        if self._loss_mask is not None and torch.is_grad_enabled():
+            self._z_term = z_loss(output[0], self._loss_mask, self.z_loss)  # logits [s, b, v/tp]
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         per_token = self.engine(
@@ -72,22 +99,35 @@ class DenseStep:
         )
         return masked_mean(per_token, batch["loss_mask"])
 
-    def train_step(self, step: int) -> StepResult:
+    def train_step(self, step: int, data_step: int) -> StepResult:
         engine = self.engine
         lr = engine.get_lr()[0]
-        losses = []
-        for micro in range(self.layout.gradient_accumulation_steps):
-            batch = collate(self.datasets.train, self.sampler.indices(step, micro), self.device)
+        losses, z_terms = [], []
+        last = self.layout.gradient_accumulation_steps - 1
+        for micro in range(last + 1):
+            batch = collate(self.datasets.train, self.sampler.indices(data_step, micro), self.device)
+            self._loss_mask = batch["loss_mask"]
             loss = self._loss(batch)
-            engine.backward(loss)
-            engine.step()
+            objective = loss
+            if self._z_term is not None:
+                objective = loss + self._z_term
+                z_terms.append(self._z_term.detach())
+                self._z_term = None
+            engine.backward(objective)
             losses.append(loss.detach())
-        mean_loss = data_parallel_mean(torch.stack(losses).mean())
+            if micro == last:
+                z_mean = torch.stack(z_terms).mean() if z_terms else torch.zeros_like(losses[0])
+                agreed = data_parallel_mean(torch.stack([torch.stack(losses).mean(), z_mean]))
+                self.gate.before_update(float(agreed[0]))
+            engine.step()
+        outcome = self.gate.after_update()
         return StepResult(
-            loss=float(mean_loss),
+            loss=float(agreed[0]),
             grad_norm=self.grad_norm.read(),
             lr=float(lr),
             loss_scale=fp16_loss_scale(self.engine),
+            z_loss=float(agreed[1]) if z_terms else None,
+            outcome=outcome,
         )
 
     @torch.no_grad()

@@ -6,6 +6,7 @@ around it is the same for the plain engine (pp = 1, here) and the pipeline engin
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,6 +18,8 @@ from integration.config.schema import TrainerConfig
 from integration.layout import Layout
 from integration.metrics import MetricsLog, Progress
 from integration.perf import Throughput, memory_metrics
+from integration.stability.gate import StepGate, StepOutcome
+from integration.stability.monitor import StabilityMonitor, TrainingDiverged
 
 
 @dataclass
@@ -29,6 +32,10 @@ class StepResult:
     """Learning rate this step applied."""
     loss_scale: float | None = None
     """fp16 dynamic loss scale after the step; None without fp16."""
+    z_loss: float | None = None
+    """The z-loss term of the objective (not included in `loss`); None when z-loss is off."""
+    outcome: StepOutcome | None = None
+    """Whether the optimizer step was applied, and why not."""
 
 
 class StepRunner(Protocol):
@@ -36,8 +43,12 @@ class StepRunner(Protocol):
     """The DeepSpeed engine (plain or pipeline): checkpoints go through it."""
     is_logging_rank: bool
     """The one rank that writes metrics, W&B and progress (global rank 0)."""
+    gate: StepGate
+    """Decides whether each optimizer step is applied (stability hooks)."""
 
-    def train_step(self, step: int) -> StepResult: ...
+    def train_step(self, step: int, data_step: int) -> StepResult:
+        """Optimizer step `step` on the batch of step `data_step` (they differ after a rollback)."""
+        ...
 
     def eval_loss(self, iters: int) -> float: ...
 
@@ -85,15 +96,20 @@ def fp16_loss_scale(engine) -> float | None:
 
 
 class PreClipGradNorm:
-    """ZeRO stage 0 clips gradients without reporting their norm (get_global_grad_norm() is None).
-    Measure it where DeepSpeed is about to clip (or, with clipping off, before the optimizer step),
-    when the gradients are reduced and not yet scaled. ZeRO 1-3 report their own norm."""
+    """The global gradient norm before clipping, available *during* the optimizer step (for the
+    stability gate) and after it (for logging).
+
+    DeepSpeed's optimizer wrappers compute it themselves before their inner step. Without a wrapper
+    (fp32, ZeRO 0) DeepSpeed clips without reporting the norm, so it is measured here where
+    DeepSpeed is about to clip (or, with clipping off, before the inner step), when the gradients
+    are reduced and not yet scaled."""
 
     def __init__(self, engine, parameters):
         self.engine = engine
         self.parameters = parameters
         self.value: float | None = None
-        if engine.zero_optimization_stage() != 0:
+        self.measures_itself = engine.optimizer is engine.basic_optimizer
+        if not self.measures_itself:
             return
         if engine.gradient_clipping() > 0:
             clip = engine.clip_fp32_gradients
@@ -104,18 +120,43 @@ class PreClipGradNorm:
 
             engine.clip_fp32_gradients = measure_then_clip
         else:
-            engine.optimizer.register_step_pre_hook(lambda *_: self._measure())
+            engine.basic_optimizer.register_step_pre_hook(lambda *_: self.value is None and self._measure())
 
     def _measure(self) -> None:
         self.value = global_grad_norm(self.parameters())
 
+    def _wrapper_norm(self) -> float:
+        optimizer = self.engine.optimizer
+        norm = getattr(optimizer, "_global_grad_norm", None)
+        if norm is None:
+            return float("nan")
+        norm = float(norm)
+        if self.engine.fp16_enabled() and self.engine.zero_optimization_stage() == 0:
+            norm /= fp16_loss_scale(self.engine)  # the fp16 wrappers keep the scaled norm
+        return norm
+
+    def current(self) -> float:
+        """During the step, once the gradients are reduced."""
+        if not self.measures_itself:
+            return self._wrapper_norm()
+        if self.value is None:
+            self._measure()
+        return float(self.value)
+
     def read(self) -> float:
-        norm = self.value if self.value is not None else self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        """After the step; resets for the next one."""
+        value = (
+            (self.value if self.value is not None else float("nan"))
+            if self.measures_itself
+            else self._wrapper_norm()
+        )
+        self.value = None
+        return float(value)
 
 
 class TrainLoop:
-    """Runs steps, logs every `log_interval`, evaluates every `eval_interval` and at the end."""
+    """Runs steps, logs every `log_interval`, evaluates every `eval_interval` and at the end, saves
+    checkpoints, and rolls back to the newest checkpoint when the stability monitor asks for it."""
 
     def __init__(
         self,
@@ -125,6 +166,7 @@ class TrainLoop:
         throughput: Throughput,
         metrics: MetricsLog,
         progress: Progress,
+        monitor: StabilityMonitor,
         tracker=None,
         first_step: int = 0,
         device: torch.device | None = None,
@@ -136,6 +178,7 @@ class TrainLoop:
         self.throughput = throughput
         self.metrics = metrics
         self.progress = progress
+        self.monitor = monitor
         self.tracker = tracker
         self.first_step = first_step
         self.device = device or torch.device("cpu")
@@ -144,20 +187,58 @@ class TrainLoop:
     def run(self) -> list[StepResult]:
         results = []
         cfg = self.config
-        for step in range(self.first_step, cfg.max_steps):
+        step = self.first_step
+        while step < cfg.max_steps:
             start = time.perf_counter()
-            result = self.runner.train_step(step)
+            result = self.runner.train_step(step, step + self.monitor.data_offset)
             elapsed = time.perf_counter() - start
             results.append(result)
             done = step + 1
-            if done % cfg.log_interval == 0 or done == cfg.max_steps:
+            rollback_reason = self.monitor.observe(result.loss, result.outcome)
+            if done % cfg.log_interval == 0 or done == cfg.max_steps or rollback_reason:
                 self._log_train(done, result, elapsed)
+            if rollback_reason:
+                step = self._roll_back(step, rollback_reason)
+                continue
             if cfg.eval_interval and (done % cfg.eval_interval == 0 or done == cfg.max_steps):
                 self._log_eval(done)
             if self.checkpointer is not None:
                 self.checkpointer.maybe_save(done, final=done == cfg.max_steps)
+            step = done
         self.progress.close()
         return results
+
+    def _roll_back(self, failed_step: int, reason: str) -> int:
+        """Every rank reaches this at the same step (the verdict's inputs are agreed). Returns the
+        step to continue from."""
+        monitor = self.monitor
+        limit = monitor.config.rollback.max_rollbacks
+        point = self.checkpointer.newest_complete() if self.checkpointer is not None else None
+        if point is None:
+            raise TrainingDiverged(
+                f"stability.rollback: {reason} at step {failed_step + 1} and no complete checkpoint to "
+                "roll back to; save some with checkpoint.interval=N, or set stability.rollback.enabled=false "
+                "to only skip such steps"
+            )
+        if monitor.rollbacks >= limit:
+            raise TrainingDiverged(
+                f"stability.rollback: {reason} at step {failed_step + 1} after {monitor.rollbacks} rollbacks "
+                f"(stability.rollback.max_rollbacks={limit}); the run does not recover — lower optim.lr, "
+                "raise optim.warmup_steps, or inspect the data around this step"
+            )
+        before = monitor.state_dict()
+        restored = self.checkpointer.load(point)
+        monitor.rolled_back(before, failed_step, restored)
+        self.metrics.rewind(restored)
+        skipped = monitor.data_offset - before["data_offset"]
+        if self.runner.is_logging_rank:
+            print(
+                f"stability: step {failed_step + 1}: {reason}; rolled back to step {restored} ({point.tag}) "
+                f"and skipped {skipped} batches (rollback {monitor.rollbacks} of at most {limit})",
+                file=sys.stderr,
+                flush=True,
+            )
+        return restored
 
     def _log_train(self, step: int, result: StepResult, elapsed: float) -> None:
         samples = step * self.layout.global_batch_size
@@ -171,6 +252,7 @@ class TrainLoop:
             "tokens": step * self.throughput.tokens_per_step,
             "step_time": elapsed,
             **({"loss_scale": result.loss_scale} if result.loss_scale is not None else {}),
+            **self.monitor.metrics(result.outcome, result.z_loss),
             **memory_metrics(self.device),
         }
         self.metrics.write(row)

@@ -67,6 +67,7 @@ def validate(
     _check_model(cfg, p)
     _check_precision_and_device(cfg, cuda_available, p)
     _check_run(cfg, p)
+    _check_stability(cfg, p)
     if p.errors:
         raise ConfigError(_format(p.errors))
     return Verdict(layout=Layout.derive(cfg.parallel, world_size), warnings=p.warnings)
@@ -336,4 +337,43 @@ def _check_run(cfg: TrainConfig, p: _Problems) -> None:
     p.check(
         cfg.wandb.mode in WANDB_MODES,
         f"wandb.mode: {cfg.wandb.mode!r} is unknown; use online, offline or disabled",
+    )
+
+
+def _check_stability(cfg: TrainConfig, p: _Problems) -> None:
+    st = cfg.stability
+    spike, rollback = st.spike, st.rollback
+    p.check(
+        spike.sigma > 0, f"stability.spike.sigma: {spike.sigma} must be > 0, e.g. stability.spike.sigma=6"
+    )
+    p.check(
+        spike.window >= 2,
+        f"stability.spike.window: {spike.window} must be >= 2 steps, e.g. stability.spike.window=128",
+    )
+    p.check(
+        2 <= spike.min_history <= spike.window,
+        f"stability.spike.min_history: {spike.min_history} must be between 2 and stability.spike.window "
+        f"({spike.window}); e.g. stability.spike.min_history={max(2, spike.window // 2)}",
+    )
+    p.check(
+        not (spike.enabled and not (spike.on_loss or spike.on_grad_norm)),
+        "stability.spike: enabled but neither on_loss nor on_grad_norm is set; enable one or set "
+        "stability.spike.enabled=false",
+    )
+    p.check(
+        rollback.after_consecutive_spikes >= 1,
+        f"stability.rollback.after_consecutive_spikes: {rollback.after_consecutive_spikes} must be >= 1",
+    )
+    p.check(
+        rollback.max_rollbacks >= 0,
+        f"stability.rollback.max_rollbacks: {rollback.max_rollbacks} must be >= 0 (0: fail at the first one)",
+    )
+    p.check(
+        st.z_loss >= 0,
+        f"stability.z_loss: {st.z_loss} must be >= 0 (0 disables; PaLM uses stability.z_loss=1e-4)",
+    )
+    p.check(
+        0 < st.embedding_grad_shrink <= 1,
+        f"stability.embedding_grad_shrink: {st.embedding_grad_shrink} must be in (0, 1] (1 disables; "
+        "GLM-130B uses stability.embedding_grad_shrink=0.1)",
     )

@@ -86,14 +86,22 @@ def main(cfg: DictConfig) -> None:
             print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
 
-    train(
-        config,
-        verdict.layout,
-        env,
-        resume,
-        OmegaConf.to_yaml(cfg, resolve=True),
-        list(HydraConfig.get().overrides.task),
-    )
+    from integration.stability.monitor import TrainingDiverged
+
+    try:
+        train(
+            config,
+            verdict.layout,
+            env,
+            resume,
+            OmegaConf.to_yaml(cfg, resolve=True),
+            list(HydraConfig.get().overrides.task),
+        )
+    except TrainingDiverged as err:
+        if env.is_rank0:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(3)
+
 
 
 def train(
@@ -114,6 +122,7 @@ def train(
     from integration.model_size import flops_per_token
     from integration.perf import Throughput
     from integration.plan import model_vocab_size
+    from integration.stability.monitor import StabilityMonitor
     from integration.steps import build_step_runner
     from integration.tracking import RunLabels, WandbTracker, run_metadata
     from integration.trainer import TrainLoop
@@ -145,7 +154,9 @@ def train(
             layout=layout,
             device=device,
             seed=trainer.seed,
+            stability=config.stability,
         )
+        monitor = StabilityMonitor(config.stability, runner.gate.detector)
         run_dir = Path(config.run.dir)
         logging_rank = runner.is_logging_rank
         checkpointer = Checkpointer(
@@ -155,6 +166,7 @@ def train(
             config.model,
             layout,
             config.parallel.zero_stage,
+            stateful={"stability": monitor},
         )
         first_step = checkpointer.load(resume) if resume is not None else 0
         if logging_rank and resume is not None:
@@ -192,6 +204,7 @@ def train(
             ),
             metrics=MetricsLog(run_dir / "metrics.jsonl", enabled=logging_rank, resume_step=first_step),
             progress=Progress(trainer.max_steps, first_step, enabled=logging_rank and trainer.progress),
+            monitor=monitor,
             tracker=tracker,
             first_step=first_step,
             device=device,

@@ -40,8 +40,15 @@ SCHEMA_NAME = "train_schema"
 
 
 def register_schemas() -> None:
-    """Register the root schema once; conf/train.yaml lists it first in its defaults."""
+    """Register the root schema once (conf/train.yaml lists it first in its defaults) and the
+    resolvers the YAML files use."""
     ConfigStore.instance().store(name=SCHEMA_NAME, node=TrainConfig)
+    OmegaConf.register_new_resolver("device_dtype", device_dtype, replace=True)
+
+
+def device_dtype(device: str) -> str:
+    """precision=auto: bf16 on CUDA devices, fp32 on CPU (bf16 matmuls are emulated there)."""
+    return "bf16" if device == "cuda" else "fp32"
 
 
 def to_typed(cfg: DictConfig) -> TrainConfig:
@@ -49,6 +56,13 @@ def to_typed(cfg: DictConfig) -> TrainConfig:
     does not know (added with Hydra's `+key=value`) are refused: they would be silently ignored."""
     config = OmegaConf.to_object(cfg)
     _refuse_unknown_keys(config, "")
+    return _fold_stability_model_options(config)
+
+
+def _fold_stability_model_options(config: TrainConfig) -> TrainConfig:
+    """stability.qk_layernorm is a model option: fold it into the model config, which is what the
+    model builder, the parameter and FLOP counts and checkpoint compatibility see."""
+    config.model.qk_layernorm = config.model.qk_layernorm or config.stability.qk_layernorm
     return config
 
 

@@ -156,6 +156,50 @@ class CheckpointConfig:
 
 
 @dataclass
+class SpikeConfig:
+    """OLMo-core's SkipStep rule: a step whose loss or pre-clip gradient norm lies more than `sigma`
+    standard deviations above the mean of the last `window` applied steps is not applied."""
+
+    enabled: bool = True
+    sigma: float = 6.0
+    window: int = 128
+    """Applied steps the mean and standard deviation are taken over."""
+    min_history: int = 64
+    """No step is judged before this many applied steps are in the window."""
+    on_loss: bool = True
+    on_grad_norm: bool = True
+
+
+@dataclass
+class RollbackConfig:
+    """PaLM/OPT-style recovery: reload the newest complete checkpoint and skip the data that led
+    to the divergence."""
+
+    enabled: bool = True
+    after_consecutive_spikes: int = 3
+    """Roll back after this many skipped spikes in a row (a non-finite loss rolls back at once)."""
+    max_rollbacks: int = 3
+    """Give up (stop with an error) after this many rollbacks in one run."""
+
+
+@dataclass
+class StabilityConfig:
+    name: str = "off"
+    spike: SpikeConfig = field(default_factory=lambda: SpikeConfig(enabled=False))
+    rollback: RollbackConfig = field(default_factory=lambda: RollbackConfig(enabled=False))
+    nonfinite_guard: bool = True
+    """A NaN/Inf loss or gradient on any rank skips the step on every rank (bf16/fp32; fp16 has
+    DeepSpeed's dynamic loss scaling)."""
+    z_loss: float = 0.0
+    """PaLM's auxiliary loss c·mean(logsumexp(logits)²); 1e-4 in the paper, 0 disables."""
+    qk_layernorm: bool = False
+    """Normalise queries and keys (ORs with model.qk_layernorm)."""
+    embedding_grad_shrink: float = 1.0
+    """GLM-130B's α: the input embedding's gradient is scaled by α (its tied output use is not);
+    1.0 disables, 0.1 in the paper."""
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = 100
     seed: int = 1234
@@ -202,6 +246,7 @@ class TrainConfig:
     data: DataConfig = MISSING
     wandb: WandbConfig = field(default_factory=WandbConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     run: RunConfig = field(default_factory=RunConfig)
     dry_run: bool = False

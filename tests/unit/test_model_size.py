@@ -22,19 +22,23 @@ COUNT_SCRIPT = Path(__file__).parent / "scripts" / "count_model_parameters.py"
 
 # name -> overrides. Between them: tied and untied output layers, LayerNorm and RMSNorm, gelu and
 # swiglu, MHA and GQA, learned and rotary positions, with and without biases and qk-layernorm.
+# stability=off everywhere: the default stability preset turns qk-layernorm on.
 BUILT_MODELS = {
-    "gpt_tiny": ["model=gpt_tiny"],
-    "gpt_tiny_untied": ["model=gpt_tiny", "model.share_embeddings_and_output_weights=false"],
-    "gpt_tiny_qk_layernorm": ["model=gpt_tiny", "model.qk_layernorm=true"],
-    "gpt_tiny_long_position_table": ["model=gpt_tiny", "model.max_position_embeddings=256"],
-    "llama_tiny": ["model=llama_tiny"],
+    "gpt_tiny": ["model=gpt_tiny", "stability=off"],
+    "gpt_tiny_stability_default": ["model=gpt_tiny", "stability=default"],
+    "gpt_tiny_untied": ["model=gpt_tiny", "stability=off", "model.share_embeddings_and_output_weights=false"],
+    "gpt_tiny_qk_layernorm": ["model=gpt_tiny", "stability=off", "model.qk_layernorm=true"],
+    "gpt_tiny_long_position_table": ["model=gpt_tiny", "stability=off", "model.max_position_embeddings=256"],
+    "llama_tiny": ["model=llama_tiny", "stability=off"],
     "llama_tiny_tied_qk_layernorm": [
         "model=llama_tiny",
+        "stability=off",
         "model.share_embeddings_and_output_weights=true",
         "model.qk_layernorm=true",
     ],
     "swiglu_gqa_rope_with_biases": [
         "model=gpt_tiny",
+        "stability=off",
         "model.activation=swiglu",
         "model.num_query_groups=2",
         "model.position_embedding_type=rope",
@@ -85,6 +89,7 @@ def test_the_built_models_differ_where_the_configs_do(built):
     assert "output_layer.weight" in built["gpt_tiny_untied"]["names"]
     assert not any("q_layernorm" in n for n in names)
     assert any("q_layernorm" in n for n in built["gpt_tiny_qk_layernorm"]["names"])
+    assert built["gpt_tiny_stability_default"]["names"] == built["gpt_tiny_qk_layernorm"]["names"]
     assert "embedding.position_embeddings.weight" not in built["llama_tiny"]["names"]  # rotary
     assert names["embedding.position_embeddings.weight"] == 128 * 64
     assert built["gpt_tiny_long_position_table"]["names"]["embedding.position_embeddings.weight"] == 256 * 64
@@ -103,7 +108,7 @@ def test_the_built_models_differ_where_the_configs_do(built):
     ids=["gpt2", "gpt2-medium", "llama-2-7b"],
 )
 def test_parameter_count_matches_published_sizes(typed_config, overrides, vocab, published):
-    assert parameter_count(typed_config(overrides).model, vocab) == published
+    assert parameter_count(typed_config([*overrides, "stability=off"]).model, vocab) == published
 
 
 @pytest.mark.parametrize(
