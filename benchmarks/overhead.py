@@ -363,6 +363,10 @@ def main() -> None:
 
     total_steps = args.warmup + args.rounds * args.block
     overrides = [
+        # The raw loop has no stability hooks; z-loss and QK-norm would change the arithmetic.
+        # Pass stability.spike.enabled=true stability.nonfinite_guard=true to time the step gate
+        # (same arithmetic).
+        "stability=off",
         *([] if args.tiny else MODEL_OVERRIDES),
         f"parallel.zero_stage={args.zero_stage}",
         f"trainer.max_steps={total_steps}",
@@ -417,6 +421,7 @@ def main() -> None:
             layout=layout,
             device=device,
             seed=trainer.seed,
+            stability=config.stability,
         )
         build_ours_s = time.perf_counter() - t0
 
@@ -433,7 +438,7 @@ def main() -> None:
         load_before = load_average()
         times = {"ours": [], "raw": []}
         losses = {"ours": {}, "raw": {}}
-        step_fn = {"ours": runner.train_step, "raw": raw.train_step}
+        step_fn = {"ours": lambda step: runner.train_step(step, step), "raw": raw.train_step}
         warm_times = {"ours": [], "raw": []}
         for name in ("ours", "raw"):
             timed_block(step_fn[name], 0, args.warmup, warm_times[name], losses[name])

@@ -28,7 +28,13 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from integration.config.schema import ModelConfig, OptimConfig, ParallelConfig, PrecisionConfig  # noqa: E402
+from integration.config.schema import (  # noqa: E402
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    PrecisionConfig,
+    StabilityConfig,
+)
 from integration.data import Datasets, SyntheticDataset  # noqa: E402
 from integration.distributed import LaunchEnv, init_model_parallel, init_process_group, seed_everything  # noqa: E402
 from integration.ds_config import build_deepspeed_config  # noqa: E402
@@ -60,7 +66,7 @@ class InstructionTimer:
 
     def __init__(self, engine):
         self.seconds: dict[str, float] = {}
-        table = dict(type(engine)._INSTRUCTION_MAP)
+        table = dict(engine._INSTRUCTION_MAP)  # the instance's own copy (the stability gate's hook) if any
         for kind, function in list(table.items()):
             table[kind] = self._timed(kind.__name__, function)
         engine._INSTRUCTION_MAP = table
@@ -102,17 +108,27 @@ def measure(args, stages: int, micro_batches: int) -> dict[str, float]:
     datasets = Datasets(train=SyntheticDataset(samples, args.seq, 258, 0), valid=None)
     seed_everything(1234)
     runner = PipelineStep.build(
-        model, parallel, optim, "fp32", 384, ds_config, datasets, layout, torch.device("cpu"), 1234
+        model,
+        parallel,
+        optim,
+        "fp32",
+        384,
+        ds_config,
+        datasets,
+        layout,
+        torch.device("cpu"),
+        1234,
+        StabilityConfig(name="off", nonfinite_guard=False),
     )
     timer = InstructionTimer(runner.engine)
     for step in range(2):
-        runner.train_step(step)
+        runner.train_step(step, step)
     ratios, fractions, step_times, transfer_shares = [], [], [], []
     for step in range(2, 2 + args.steps):
         timer.reset()
         dist.barrier()
         start = time.perf_counter()
-        runner.train_step(step)
+        runner.train_step(step, step)
         total = time.perf_counter() - start
         busy = timer.seconds.get("ForwardPass", 0) + timer.seconds.get("BackwardPass", 0)
         per_step = sum(timer.seconds.get(name, 0) for name in PER_STEP_INSTRUCTIONS)

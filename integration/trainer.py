@@ -120,7 +120,11 @@ class PreClipGradNorm:
 
             engine.clip_fp32_gradients = measure_then_clip
         else:
-            engine.basic_optimizer.register_step_pre_hook(lambda *_: self.value is None and self._measure())
+            engine.basic_optimizer.register_step_pre_hook(self._measure_once)
+
+    def _measure_once(self, *_) -> None:
+        if self.value is None:  # the stability gate may have measured already
+            self._measure()
 
     def _measure(self) -> None:
         self.value = global_grad_norm(self.parameters())

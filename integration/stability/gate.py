@@ -60,10 +60,14 @@ class StepGate:
         return None
 
     def _judge(self) -> StepOutcome:
-        loss = self._loss if self._loss is not None else math.nan
         norm = self.grad_norm.current()
-        if self.config.nonfinite_guard and not (math.isfinite(loss) and math.isfinite(norm)):
+        loss = self._loss
+        if self.config.nonfinite_guard and not (
+            math.isfinite(norm) and (loss is None or math.isfinite(loss))
+        ):
             return StepOutcome(False, "nonfinite", 0.0, norm)
+        if loss is None:  # no agreed loss reached the gate: judge nothing else
+            return StepOutcome(True, None, 0.0, norm)
         score = self.detector.score(loss, norm)
         if self.config.spike.enabled and self.detector.is_spike(score):
             return StepOutcome(False, "spike", score, norm)

@@ -62,6 +62,7 @@ def probe(tmp_path: Path, plan: dict, overrides: list[str], nprocs: int = 2, che
 
 LAYOUTS = {
     "dp2_zero1": ["parallel=dp", "parallel.zero_stage=1", "precision=fp32"],
+    "dp2_zero2": ["parallel=dp", "parallel.zero_stage=2", "precision=fp32"],
     "dp2_zero0": ["parallel=dp", "parallel.zero_stage=0", "precision=fp32"],
     "dp2_zero3": ["parallel=dp", "parallel.zero_stage=3", "precision=fp32"],
     "dp2_zero1_bf16": ["parallel=dp", "parallel.zero_stage=1", "precision=bf16"],
@@ -186,6 +187,29 @@ def test_qk_layernorm_at_tp2_matches_one_process(tmp_path):
     grad_norms = [r["grad_norm"] for r in tp2.train_rows]
     reference_norms = [r["grad_norm"] for r in reference.train_rows]
     assert grad_norms == pytest.approx(reference_norms, rel=1e-3)
+
+
+def test_clipping_at_tp2_matches_one_process(tmp_path):
+    """Clip at 0.05 (every step clips: the pre-clip norms are ~2): a replicated parameter counted on
+    both tensor ranks would change the clip factor, and the TP2 curve would leave the reference."""
+    from tests.distributed.launch import COMMON, assert_same_curve, train
+
+    common = [*COMMON, "stability=default", "optim.clip_grad=0.05"]
+    reference = train(tmp_path / "single", common, nprocs=1, launcher="python")
+    tp2 = train(tmp_path / "tp2", [*common, "parallel=tp2"], nprocs=2)
+    assert min(r["grad_norm"] for r in reference.train_rows) > 0.5  # clipping was active
+    assert_same_curve(tp2.losses, reference.losses)
+    # Adam undoes most of a uniform gradient scale, so clipping moves the curve only a little; a
+    # double-counted norm would move it by as much again — far more than TP2 differs from one process.
+    unclipped = train(
+        tmp_path / "unclipped",
+        [*COMMON, "stability=default", "optim.clip_grad=0"],
+        nprocs=1,
+        launcher="python",
+    )
+    tp_gap = max(abs(a - b) for a, b in zip(tp2.losses, reference.losses, strict=True))
+    clip_effect = max(abs(a - b) for a, b in zip(unclipped.losses, reference.losses, strict=True))
+    assert tp_gap < 0.1 * clip_effect, (tp_gap, clip_effect)
 
 
 if __name__ == "__main__":

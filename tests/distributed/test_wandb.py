@@ -40,6 +40,8 @@ def test_logged_history_config_and_labels_read_back(tmp_path):
         assert history[step]["perf/tokens_per_sec"] == row["tokens_per_sec"]
         assert history[step]["trainer/tokens_seen"] == row["tokens"] == step * 8 * 128
         assert "memory/peak_rss_gib" in history[step] and "perf/tflops_per_device" in history[step]
+        assert history[step]["stability/skipped_steps"] == row["stability/skipped_steps"] == 0
+        assert history[step]["stability/z_loss"] == row["stability/z_loss"] > 0
     val = {h["trainer/global_step"]: h["val/loss"] for h in logged.history if "val/loss" in h}
     assert val == {r["step"]: r["val_loss"] for r in rows if "val_loss" in r} and sorted(val) == [5, 10]
 
@@ -84,3 +86,57 @@ def test_online_without_network_falls_back_to_offline_and_finishes(tmp_path):
     assert len(run.train_rows) == 10
     assert len(offline_runs(run.run_dir)) == 1
     assert elapsed < 120, f"took {elapsed:.0f} s"
+
+
+def test_multirun_sweep_makes_one_wandb_run_per_job_in_one_group(tmp_path):
+    """`-m parallel=dp,tp2 parallel.zero_stage=0,1` under the deepspeed runner: four jobs in the same
+    two processes, four run directories, one offline W&B run each, all in one group."""
+    import os
+    import subprocess
+
+    from tests.distributed.launch import ROOT, TRAIN, free_port
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(OMP_NUM_THREADS="1", HOME=str(home))
+    sweep = tmp_path / "sweep"
+    args = [
+        "deepspeed",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(TRAIN),
+        "-m",
+        "parallel=dp,tp2",
+        "parallel.zero_stage=0,1",
+        "trainer.progress=false",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        f"run.dir={sweep}/${{run.name}}",
+        *[o for o in WANDB_COMMON if not o.startswith(("trainer.max_steps", "trainer.eval_interval"))],
+        "trainer.max_steps=4",
+        "optim.warmup_steps=2",
+        "trainer.eval_interval=0",
+    ]
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    run_dirs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in run_dirs] == [
+        "gpt_tiny_dp_z0_fp32",
+        "gpt_tiny_dp_z1_fp32",
+        "gpt_tiny_tp2_z0_fp32",
+        "gpt_tiny_tp2_z1_fp32",
+    ]
+    groups, names = set(), set()
+    for run_dir in run_dirs:
+        [offline] = offline_runs(run_dir)
+        logged = read_run(offline)
+        groups.add(logged.group)
+        names.add(logged.name)
+        rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+        assert [h["train/loss"] for h in logged.history if "train/loss" in h] == [r["loss"] for r in rows]
+        assert len(rows) == 4
+        tp = 2 if "_tp2_" in run_dir.name else 1
+        assert logged.config["tensor_parallel"] == tp and logged.config["data_parallel"] == 2 // tp
+    assert groups == {"gpt_tiny_corpus"} and len(names) == 4

@@ -216,6 +216,43 @@ BAD_CONFIGS = [
         r"model\.num_query_groups: 0 must be >= 1; use null",
         "zero-query-groups",
     ),
+    bad(
+        ["stability.spike.sigma=0"],
+        1,
+        r"stability\.spike\.sigma: 0\.0 must be > 0, e\.g\. stability\.spike\.sigma=6",
+        "spike-sigma-zero",
+    ),
+    bad(
+        ["stability.spike.min_history=200"],
+        1,
+        r"stability\.spike\.min_history: 200 must be between 2 and stability\.spike\.window \(128\)",
+        "spike-history-longer-than-window",
+    ),
+    bad(
+        ["stability.spike.on_loss=false", "stability.spike.on_grad_norm=false"],
+        1,
+        r"stability\.spike: enabled but neither on_loss nor on_grad_norm",
+        "spike-watches-nothing",
+    ),
+    bad(
+        ["stability.z_loss=-1e-4"],
+        1,
+        r"stability\.z_loss: -0\.0001 must be >= 0 \(0 disables; PaLM uses stability\.z_loss=1e-4\)",
+        "negative-z-loss",
+    ),
+    bad(
+        ["stability.embedding_grad_shrink=0"],
+        1,
+        r"stability\.embedding_grad_shrink: 0\.0 must be in \(0, 1\] \(1 disables; GLM-130B uses "
+        r"stability\.embedding_grad_shrink=0\.1\)",
+        "embedding-shrink-zero",
+    ),
+    bad(
+        ["stability.rollback.after_consecutive_spikes=0"],
+        1,
+        r"stability\.rollback\.after_consecutive_spikes: 0 must be >= 1",
+        "rollback-after-zero-spikes",
+    ),
 ]
 
 
