@@ -119,3 +119,27 @@ def test_unfinished_save_is_ignored_and_resume_refuses_another_model_or_layout(t
     assert other_layout.returncode == 2
     assert "data_parallel 1, zero_stage 0; this launch asks for" in other_layout.output
     assert "Traceback" not in other_layout.output
+
+
+def test_stability_state_survives_a_resume(tmp_path):
+    """The spike detector's history and the skip counters are in the checkpoint: after a resume at
+    step 12 the spike scores of steps 13-20 equal the uninterrupted run's (a fresh history would
+    score 0 until min_history steps were seen again)."""
+    stability = ["stability=default", "stability.spike.min_history=4", "stability.spike.window=8"]
+    overrides = RUN + stability + ["parallel=single"]
+
+    def scores(run_dir):
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return {
+            r["step"]: (r["stability/spike_score"], r["stability/skipped_steps"]) for r in rows if "loss" in r
+        }
+
+    reference = scores(
+        train(tmp_path / "reference", overrides + ["trainer.max_steps=20"], launcher="python").run_dir
+    )
+    run_dir = tmp_path / "run"
+    train(run_dir, overrides + ["trainer.max_steps=12"], launcher="python")
+    train(run_dir, overrides + ["trainer.max_steps=20"], launcher="python")
+    resumed = scores(run_dir)
+    assert resumed == reference
+    assert all(score != 0.0 for score, _ in (resumed[s] for s in range(13, 21)))
