@@ -170,14 +170,19 @@ def test_loss_terms_and_model_hooks(tmp_path):
     assert result["embedding_grad_norm_ratio"] == pytest.approx(0.1, rel=1e-6)
     assert result["embedding_grad_is_alpha_times"]
     assert result["other_grads_max_rel_diff"] < 1e-5
+    # QK-norm weights: partial gradients per tensor rank, summed over TP by the hook.
+    assert result["qk_partial_grads_differ_across_tp"]
+    assert result["qk_summed_grads_equal_across_tp"] and result["qk_summed_is_sum_of_partials"]
+    assert result["non_qk_grads_untouched"]
     # QK-norm reaches the built layers.
     assert result["qk_layernorm_modules"] == 2 * result["num_layers"] * 2  # q and k, per layer, per rank
     assert result["transformer_config_qk_layernorm"]
 
 
 def test_qk_layernorm_at_tp2_matches_one_process(tmp_path):
-    """QK-norm weights are replicated over tensor parallel but see only their rank's heads; their
-    gradients must be summed over TP (as Megatron's finalize_model_grads does) or TP2 diverges."""
+    """TP2 with QK-norm trains to the single-process curve. (Adam's early updates are nearly
+    sign(gradient), so a missing TP sum of the QK-norm gradients hides in a 10-step curve: the sum
+    itself is checked gradient by gradient in test_loss_terms_and_model_hooks.)"""
     from tests.distributed.launch import COMMON, assert_same_curve, train
 
     common = [*COMMON, "stability=off", "model.qk_layernorm=true"]

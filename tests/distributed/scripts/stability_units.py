@@ -16,7 +16,7 @@ from integration.config.schema import ClusterConfig, ModelConfig, ParallelConfig
 from integration.distributed import LaunchEnv, init_model_parallel, init_process_group, teardown  # noqa: E402
 from integration.layout import Layout  # noqa: E402
 from integration.model import build_gpt  # noqa: E402
-from integration.stability.hooks import shrink_embedding_gradient  # noqa: E402
+from integration.stability.hooks import shrink_embedding_gradient, sum_partial_replicated_grads  # noqa: E402
 from integration.stability.losses import vocab_parallel_logsumexp, z_loss  # noqa: E402
 
 out = Path([a for a in sys.argv[1:] if not a.startswith("--local_rank")][0])
@@ -98,10 +98,12 @@ tokens = torch.randint(0, 256, (batch, seq), generator=generator)
 positions = torch.arange(seq).expand(batch, seq)
 
 
-def gradients(alpha: float | None) -> dict[str, torch.Tensor]:
+def gradients(alpha: float | None, sum_partial: bool = False) -> dict[str, torch.Tensor]:
     gpt = build_gpt(model, parallel, "fp32", 256, seed=7)
     if alpha is not None:
         shrink_embedding_gradient(gpt.embedding.word_embeddings, alpha)
+    if sum_partial:
+        sum_partial_replicated_grads(gpt)
     loss = gpt(input_ids=tokens, position_ids=positions, attention_mask=None, labels=labels % 256).mean()
     loss.backward()
     return {n: p.grad.clone() for n, p in gpt.named_parameters()}, gpt
@@ -122,7 +124,28 @@ result["other_grads_max_rel_diff"] = max(
     if n != name and plain[n].norm() > 1e-6
 )  # k_layernorm.bias has a zero gradient in exact arithmetic (softmax ignores a shift of all keys)
 
-# 5. QK-norm modules in the built layers (not identity placeholders), on both ranks.
+# 5. QK-norm weights are replicated over TP but each rank normalises only its own heads: without
+# the hook each rank holds a partial gradient; with it, every rank holds the sum (the full gradient).
+summed, _ = gradients(None, sum_partial=True)
+qk_names = [n for n in plain if "q_layernorm" in n or "k_layernorm" in n]
+
+
+def gathered(tensor: torch.Tensor) -> list[torch.Tensor]:
+    parts = [torch.empty_like(tensor) for _ in range(tp)]
+    dist.all_gather(parts, tensor.contiguous())
+    return parts
+
+
+result["qk_partial_grads_differ_across_tp"] = any(
+    not torch.equal(*gathered(plain[n])) for n in qk_names if "bias" not in n
+)
+result["qk_summed_grads_equal_across_tp"] = all(torch.equal(*gathered(summed[n])) for n in qk_names)
+result["qk_summed_is_sum_of_partials"] = all(
+    torch.allclose(summed[n], sum(gathered(plain[n])), rtol=1e-6, atol=1e-12) for n in qk_names
+)
+result["non_qk_grads_untouched"] = all(torch.equal(summed[n], plain[n]) for n in plain if n not in qk_names)
+
+# 6. QK-norm modules in the built layers (not identity placeholders), on both ranks.
 norms = sum(
     1
     for n, module in gpt.named_modules()
