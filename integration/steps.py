@@ -45,6 +45,12 @@ def build_step_runner(
         return PipelineStep.build(
             model, parallel, optim, dtype, vocab_size, ds_config, datasets, layout, device, seed, stability
         )
+    if parallel.tensor_parallel_2d:
+        from integration.tp2d.step import build_tp2d_step
+
+        return build_tp2d_step(
+            model, parallel, optim, dtype, vocab_size, ds_config, datasets, layout, device, seed, stability
+        )
     from integration.engine import build_engine
     from integration.model import build_gpt
 

@@ -7,6 +7,7 @@ is reported at once, each naming the key, the value, what is wrong and an overri
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from integration.config.schema import TrainConfig
@@ -68,6 +69,8 @@ def validate(
     _check_precision_and_device(cfg, cuda_available, p)
     _check_run(cfg, p)
     _check_stability(cfg, p)
+    _check_tensor_parallel_2d(cfg, p)
+    _check_tensor_parallel_in_node(cfg, p)
     if p.errors:
         raise ConfigError(_format(p.errors))
     return Verdict(layout=Layout.derive(cfg.parallel, world_size), warnings=p.warnings)
@@ -377,3 +380,79 @@ def _check_stability(cfg: TrainConfig, p: _Problems) -> None:
         f"stability.embedding_grad_shrink: {st.embedding_grad_shrink} must be in (0, 1] (1 disables; "
         "GLM-130B uses stability.embedding_grad_shrink=0.1)",
     )
+
+
+def _check_tensor_parallel_in_node(cfg: TrainConfig, p: _Problems) -> None:
+    """Tensor parallelism all-reduces activations twice per layer in forward and backward, so its
+    group belongs on the fast intra-node links (Narayanan et al. 2021, sec. 3.3). Tensor ranks are
+    adjacent (layout.py), so every group stays inside a node iff tp divides gpus_per_node."""
+    tp, per_node = cfg.parallel.tensor_model_parallel_size, cfg.cluster.gpus_per_node
+    if cfg.cluster.num_nodes > 1 and per_node % tp != 0:
+        p.warnings.append(
+            f"parallel.tensor_model_parallel_size: {tp} does not divide cluster.gpus_per_node({per_node}), "
+            "so tensor-parallel groups span nodes and every layer's all-reduces cross the inter-node "
+            f"network; use a tp dividing {per_node} and more pipeline stages "
+            "(python launch/plan.py ranks the layouts)"
+        )
+
+
+def _check_tensor_parallel_2d(cfg: TrainConfig, p: _Problems) -> None:
+    """2D tensor parallelism (integration/tp2d): a q×q grid, the batch split over grid rows, hidden,
+    heads, MLP width and vocabulary over columns, vector parameters in q² pieces. The model is the
+    GPT of the 1D path without the options 2D does not implement yet."""
+    par, model = cfg.parallel, cfg.model
+    if not par.tensor_parallel_2d:
+        return
+    tp = par.tensor_model_parallel_size
+    q = math.isqrt(tp)
+    if not p.check(
+        q * q == tp,
+        f"parallel.tensor_model_parallel_size: {tp} is not a square; 2D tensor parallelism needs q×q "
+        "ranks (parallel=tp2d_2x2 uses 4)",
+    ):
+        return
+    fix = "or set parallel.tensor_parallel_2d=false"
+    p.check(
+        par.pipeline_model_parallel_size == 1,
+        f"parallel.pipeline_model_parallel_size: {par.pipeline_model_parallel_size} — 2D tensor "
+        f"parallelism runs without pipeline stages; set parallel.pipeline_model_parallel_size=1 {fix}",
+    )
+    p.check(
+        not par.sequence_parallel,
+        "parallel.sequence_parallel: true — 2D tensor parallelism already splits the tokens over grid "
+        "rows; set parallel.sequence_parallel=false",
+    )
+    p.check(
+        par.micro_batch_size % q == 0,
+        f"parallel.micro_batch_size: {par.micro_batch_size} does not split over the {q} grid rows (2D "
+        f"tensor parallelism splits the batch); set parallel.micro_batch_size to a multiple of {q}",
+    )
+    # Heads, MLP width and padded vocabulary divisible by tp = q² are checked for every layout
+    # (GPT2D starts from the 1D model's full weights); hidden = heads × head_dim then is too.
+    positions = model.max_position_embeddings or model.seq_length
+    p.check(
+        positions % q == 0,
+        f"model.max_position_embeddings: {positions} positions do not split over the grid side {q}; "
+        f"set model.max_position_embeddings to a multiple of {q}",
+    )
+    for key, value, supported in [
+        ("model.normalization", model.normalization, "LayerNorm"),
+        ("model.activation", model.activation, "gelu"),
+        ("model.position_embedding_type", model.position_embedding_type, "learned_absolute"),
+        ("model.recompute_granularity", model.recompute_granularity, None),
+    ]:
+        p.check(
+            value == supported,
+            f"{key}: {value!r} is not implemented for 2D tensor parallelism; set {key}={supported or 'null'} "
+            f"{fix}",
+        )
+    p.check(
+        query_groups(model) == model.num_attention_heads,
+        f"model.num_query_groups: {model.num_query_groups} — 2D tensor parallelism implements "
+        f"multi-head attention only; set model.num_query_groups=null {fix}",
+    )
+    for key, rate in [
+        ("model.hidden_dropout", model.hidden_dropout),
+        ("model.attention_dropout", model.attention_dropout),
+    ]:
+        p.check(rate == 0.0, f"{key}: {rate} — 2D tensor parallelism has no dropout yet; set {key}=0.0 {fix}")

@@ -59,6 +59,9 @@ class ParallelConfig:
     pipeline_model_parallel_size: int = 1
     sequence_parallel: bool = False
     """Megatron sequence parallelism inside the tensor-parallel group (needs tp > 1)."""
+    tensor_parallel_2d: bool = False
+    """2D tensor parallelism (Optimus/SUMMA, integration.tp2d) instead of Megatron's 1D: the
+    tensor-parallel ranks form a q×q grid, tensor_model_parallel_size = q²."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage 0-3 over the data-parallel group."""
     micro_batch_size: int = 2
@@ -92,6 +95,25 @@ class ClusterConfig:
     hosts: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     """Environment exported to every rank (NCCL and fabric settings)."""
+    # Hardware facts the layout planner (integration/planner/) reads; None where unknown.
+    peak_tflops_fp16: float | None = None
+    """Dense fp16 peak per device; None means peak_tflops_bf16."""
+    gpu_memory_bandwidth_gb_per_s: float | None = None
+    """Device memory (HBM) bandwidth per device, GB/s (optimizer step time)."""
+    intra_node_bandwidth_gb_per_s: float | None = None
+    """Per device, one direction, inside a node (NVLink/NVSwitch), GB/s."""
+    intra_node_latency_us: float = 5.0
+    """Per-message latency (α) of a collective step inside a node, microseconds."""
+    inter_node_bandwidth_gbit_per_s: float | None = None
+    """Per node, all network adapters together, one direction, Gbit/s (e.g. 400 for 4×100 Gb/s EFA)."""
+    inter_node_latency_us: float = 15.0
+    """Per-message latency (α) of a collective step between nodes, microseconds."""
+    host_memory_gib: float | None = None
+    """CPU memory per node (ZeRO-Offload keeps optimizer states and parameters there)."""
+    host_to_device_bandwidth_gb_per_s: float | None = None
+    """PCIe bandwidth per device, one direction, GB/s (ZeRO-Offload transfers)."""
+    hostfile: str | None = None
+    """deepspeed runner --hostfile (lines `host slots=N`); None: the runner's default /job/hostfile."""
 
 
 @dataclass

@@ -68,6 +68,10 @@ def test_every_config_file_composes(compose, group, name):
 def test_every_other_config_file_validates_on_its_planned_cluster(typed_config, group, name):
     """model/ and parallel/ files have their own world-size tests below."""
     extra = CUDA_CLUSTER if (group, name) in NEEDS_CUDA else []
+    if group == "cluster":  # one sample per data-parallel rank, whatever the cluster's size
+        facts = OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
+        world = facts.get("num_nodes", 1) * facts.get("gpus_per_node", 1)
+        extra = ["parallel.micro_batch_size=1", f"parallel.global_batch_size={world}"]
     config = typed_config([_select(group, name), *extra])
     world = config.cluster.num_nodes * config.cluster.gpus_per_node
     verdict = validate(config, world, cuda_available=config.cluster.device == "cuda", planned=True)

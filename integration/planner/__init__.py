@@ -1,0 +1,25 @@
+"""Layout planner: enumerate (tp, pp, dp, ZeRO, micro-batch, recompute, offload) layouts for a model
+on a cluster, predict each one's per-GPU memory and step time, and rank them.
+
+Pure arithmetic (no torch, no DeepSpeed import): `python launch/plan.py` runs on a laptop.
+
+- `memory.py`    per-GPU bytes: model states with DeepSpeed's own partitioning and padding,
+                 activations (Korthikanti et al. 2022), pipeline in-flight micro-batches, logits
+- `timing.py`    step time: FLOPs over a calibrated fraction of peak, pipeline bubble, and
+                 TP/PP/DP/ZeRO/offload traffic under an α–β model on the right link tier
+- `enumerate.py` the candidate layouts, checked by integration.validate's rules
+- `table.py`     the ranked table and the `parallel.*` override line
+"""
+
+from integration.planner.enumerate import Candidate, PlannedLayout, plan_layouts
+from integration.planner.settings import PlannerSettings
+from integration.planner.table import override_line, render_table
+
+__all__ = [
+    "Candidate",
+    "PlannedLayout",
+    "PlannerSettings",
+    "override_line",
+    "plan_layouts",
+    "render_table",
+]

@@ -1,0 +1,349 @@
+"""The layout planner: its formulas against hand-computed values and the papers' own numbers, the
+ranking, and the reasons a layout is rejected. No process group, no torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from integration.errors import ConfigError
+from integration.layout import Layout
+from integration.model_size import flops_per_token, parameter_count
+from integration.plan import model_vocab_size
+from integration.planner import PlannerSettings, override_line, plan_layouts
+from integration.planner.memory import (
+    ActivationShape,
+    ParamTensor,
+    layer_activation_bytes,
+    logits_bytes,
+    model_states,
+    stage_parameters,
+)
+from integration.planner.timing import (
+    Link,
+    TimeInputs,
+    all_gather,
+    all_reduce,
+    group_link,
+    hardware_flops_per_token,
+    neighbour_pairs,
+    point_to_point,
+    step_time,
+)
+from integration.validate import validate
+
+ROOT = Path(__file__).resolve().parents[2]
+GB = 1e9
+
+
+def _vocab(config) -> int:
+    return model_vocab_size(config.model, config.data.tokenizer, config.data.vocab_size)
+
+
+# --- model states ---------------------------------------------------------------------------------
+
+
+def test_zero_paper_7p5b_example():
+    """Rajbhandari et al. 2020, figure 1: Ψ = 7.5B, K = 12, Nd = 64 in mixed precision."""
+    # 7500 tensors of 1M parameters: above ZeRO-3's persistence threshold, and small enough that
+    # ZeRO-2's whole straddling tensors (DeepSpeed's real allocation) add only ~2 MB to 14Ψ/Nd.
+    tensors = tuple(ParamTensor(f"w{i}", 1_000_000, False) for i in range(7500))
+    per_gpu = {stage: model_states(tensors, stage, 64, "bf16").total / GB for stage in range(4)}
+    assert round(per_gpu[0], 1) == 120.0  # baseline (2 + 2 + 12)Ψ
+    assert round(per_gpu[1], 1) == 31.4  # P_os: 2Ψ + 2Ψ + 12Ψ/Nd
+    assert round(per_gpu[2], 1) == 16.6  # P_os+g: 2Ψ + 14Ψ/Nd
+    assert round(per_gpu[3], 1) == 1.9  # P_os+g+p: 16Ψ/Nd
+
+
+def test_zero_1_and_2_pad_each_group_to_twice_dp_and_stage_2_counts_straddling_gradients():
+    # One AdamW group of two tensors (5 and 7 elements), dp 4: flat = ceil(12 / 8) · 8 = 16,
+    # partition 4. fp32: params 16·4, master 4·4, moments 4·8.
+    tensors = (ParamTensor("a", 5, False), ParamTensor("b", 7, False))
+    z1 = model_states(tensors, 1, 4, "fp32")
+    assert (z1.parameters, z1.gradients, z1.master, z1.optimizer) == (64, 48, 16, 32)
+    # ZeRO-2 gradient partitions, elements: rank 0 [0,4) holds a (5); rank 1 [4,8) a (straddles)
+    # + b = 12; rank 2 [8,12) b (straddles) = 7; rank 3 [12,16) only padding = 0.
+    per_rank = [model_states(tensors, 2, 4, "fp32", dp_rank=r).gradients // 4 for r in range(4)]
+    assert per_rank == [5, 12, 7, 0]
+    assert model_states(tensors, 2, 4, "fp32").gradients == 12 * 4  # the largest rank
+
+
+def test_zero_3_pads_each_tensor_and_keeps_small_ones_whole():
+    big, small = ParamTensor("big", 1_000_003, False), ParamTensor("small", 10, True)
+    states = model_states((big, small), 3, 4, "bf16")
+    parts = math.ceil(1_000_003 / 4) + math.ceil(10 / 4)
+    assert states.parameters == (parts + 10) * 2  # partitions + the persistent tensor whole
+    assert states.gradients == parts * 2
+    assert states.master == parts * 4
+    assert states.optimizer == parts * 8
+    # fp32: DeepSpeed still clones an fp32 master partition.
+    assert model_states((big, small), 3, 4, "fp32").master == parts * 4
+
+
+def test_offload_moves_optimizer_states_to_host():
+    tensors = tuple(ParamTensor(f"w{i}", 1_000_000, False) for i in range(10))
+    on_gpu = model_states(tensors, 2, 8, "bf16")
+    offloaded = model_states(tensors, 2, 8, "bf16", offload="optimizer")
+    assert offloaded.master == offloaded.optimizer == offloaded.gradients == 0
+    assert offloaded.parameters == on_gpu.parameters
+    assert offloaded.host > 0
+    params = model_states(tensors, 3, 8, "bf16", offload="params")
+    assert params.parameters == 0  # no tensor small enough to persist
+
+
+@pytest.mark.parametrize("name", ["gpt_tiny", "gpt_125m", "gpt_1p3b", "llama_tiny", "llama_7b"])
+def test_stage_parameters_add_up_to_the_closed_form_count(typed_config, name):
+    config = typed_config([f"model={name}"])
+    vocab = _vocab(config)
+    one = sum(t.numel for t in stage_parameters(config.model, vocab, 1, 1, 0))
+    assert one == parameter_count(config.model, vocab)
+    # Two stages: the same parameters, plus DeepSpeed's tied copy of the embedding on the last.
+    two = sum(t.numel for s in (0, 1) for t in stage_parameters(config.model, vocab, 1, 2, s))
+    tied = config.model.share_embeddings_and_output_weights
+    embedding = sum(t.numel for t in stage_parameters(config.model, vocab, 1, 2, 0) if "embedding" in t.name)
+    assert two == one + (embedding if tied else 0)
+
+
+# --- activations ----------------------------------------------------------------------------------
+
+S, B, H, A, T = 2048, 2, 2048, 16, 4
+SBH = S * B * H
+
+
+@pytest.fixture
+def gpt_shape(typed_config):
+    """A GPT-3-shaped layer with dropout on: the paper's assumptions exactly."""
+    config = typed_config(["model=gpt_1p3b", "stability=off"])
+    return dataclasses.replace(config.model, hidden_dropout=0.1, attention_dropout=0.1)
+
+
+def _act(model, t=1, sp=False, recompute="none", flash=False):
+    return layer_activation_bytes(model, ActivationShape(B, t, sp, recompute, flash, "bf16"))
+
+
+def test_activations_match_korthikanti_table_2(gpt_shape):
+    scores = 5 * A * S / H
+    assert _act(gpt_shape) == pytest.approx(SBH * (34 + scores))
+    assert _act(gpt_shape, t=T) == pytest.approx(SBH * (10 + 24 / T + scores / T))
+    assert _act(gpt_shape, t=T, sp=True) == pytest.approx(SBH / T * (34 + scores))
+    assert _act(gpt_shape, t=T, recompute="selective") == pytest.approx(SBH * (10 + 24 / T))
+    assert _act(gpt_shape, t=T, sp=True, recompute="selective") == pytest.approx(SBH * 34 / T)
+    assert _act(gpt_shape, t=T, recompute="full") == pytest.approx(2 * SBH)
+    assert _act(gpt_shape, t=T, sp=True, recompute="full") == pytest.approx(2 * SBH / T)
+
+
+def test_flash_attention_stores_no_score_matrices(gpt_shape):
+    # Only the fp32 log-sum-exp per query and head remains of the 5as²b term.
+    assert _act(gpt_shape, flash=True) == pytest.approx(SBH * 34 + A * S * B * 4)
+
+
+def test_logits_are_fp32_and_split_over_tp():
+    class M:
+        seq_length = 2048
+
+    assert logits_bytes(M, 50304, 2, 4) == 4 * 2048 * 2 * 50304 / 4
+
+
+def test_first_pipeline_stage_holds_p_micro_batches(typed_config):
+    from integration.planner.memory import stage_memory
+
+    config = typed_config(["model=gpt_1p3b", "cluster=h100_8x1"])
+    vocab = _vocab(config)
+    shape = ActivationShape(1, 1, False, "none", True, "bf16")
+    per_layer = layer_activation_bytes(config.model, shape)
+    layers = config.model.num_layers // 4
+    for stage, in_flight in [(0, 4), (1, 3), (3, 1)]:
+        m = stage_memory(config.model, vocab, 1, 4, 2, stage, 1, "none", 16, shape)
+        assert m.activations == pytest.approx(layers * per_layer * in_flight)
+    # Fewer micro-batches than stages: only those are in flight.
+    assert stage_memory(config.model, vocab, 1, 4, 2, 0, 1, "none", 2, shape).activations == pytest.approx(
+        layers * per_layer * 2
+    )
+
+
+# --- time -----------------------------------------------------------------------------------------
+
+
+def test_ring_collectives_alpha_beta():
+    link = Link("x", bandwidth=100e9, latency=5e-6)
+    assert all_reduce(1e9, 8, link) == pytest.approx(2 * 7 * 5e-6 + 2 * 7 / 8 * 1e9 / 100e9)
+    assert all_gather(1e9, 8, link) == pytest.approx(7 * 5e-6 + 7 / 8 * 1e9 / 100e9)
+    assert point_to_point(1e6, link) == pytest.approx(5e-6 + 1e6 / 100e9)
+    assert all_reduce(1e9, 1, link) == 0.0
+
+
+def test_tensor_parallel_inside_a_node_uses_the_intra_node_link(typed_config):
+    cluster = typed_config(["cluster=h100_8x4"]).cluster  # 4 nodes × 8
+    tp8 = Layout(32, 8, 1, 4, 1, 4, 1)
+    assert group_link(tp8.tensor_groups(), cluster).name == "intra-node"
+    assert group_link(tp8.tensor_groups(), cluster).bandwidth == 450e9
+    assert group_link(tp8.data_groups(), cluster).name == "inter-node"  # ranks 0, 8, 16, 24
+    inter = group_link(Layout(32, 16, 1, 2, 1, 2, 1).tensor_groups(), cluster)
+    assert inter.name == "inter-node"
+    assert inter.bandwidth == pytest.approx(3200e9 / 8 / 8)  # the node's NICs shared by its 8 GPUs
+    # tp 2 × dp 4 inside each node, pipeline stages across nodes.
+    tp2_pp4 = Layout(32, 2, 4, 4, 1, 4, 1)
+    assert group_link(tp2_pp4.data_groups(), cluster).name == "intra-node"
+    assert group_link(neighbour_pairs(tp2_pp4.pipeline_groups()), cluster).name == "inter-node"
+    single_node = typed_config(["cluster=h100_8x1"]).cluster
+    assert group_link(Layout(8, 8, 1, 1, 1, 1, 1).tensor_groups(), single_node).name == "intra-node"
+
+
+def test_recompute_flops(typed_config):
+    config = typed_config(["model=gpt_1p3b"])
+    model, vocab = config.model, _vocab(config)
+    base = flops_per_token(model, vocab)
+    logits = 6 * model.hidden_size * vocab
+    assert hardware_flops_per_token(model, vocab, "none") == base
+    assert hardware_flops_per_token(model, vocab, "full") == pytest.approx(logits + (base - logits) * 4 / 3)
+    assert hardware_flops_per_token(model, vocab, "selective") == pytest.approx(
+        base + model.num_layers * 4 * model.seq_length * model.hidden_size
+    )
+
+
+def test_single_gpu_step_is_flops_over_efficient_peak_plus_the_optimizer(typed_config):
+    config = typed_config(["model=gpt_125m", "cluster=one_a100_40g"])
+    model, vocab, cluster = config.model, _vocab(config), config.cluster
+    params = parameter_count(model, vocab)
+    x = TimeInputs(1, 1, 1, 4, 8, 0, "none", "none", False, "bf16", params)
+    t = step_time(model, vocab, cluster, x, efficiency=0.5, cpu_adam_rate=1e9)
+    compute = flops_per_token(model, vocab) * model.seq_length * 4 * 8 / (312e12 * 0.5)
+    assert t.compute == pytest.approx(compute)
+    assert t.optimizer == pytest.approx(params * 32 / 1555e9)
+    assert t.tensor_parallel == t.pipeline == t.data_parallel == t.offload == 0
+    assert t.total == pytest.approx(compute + params * 32 / 1555e9)
+
+
+def test_pipeline_bubble_is_p_minus_1_over_m(typed_config):
+    config = typed_config(["model=gpt_1p3b", "cluster=h100_8x1"])
+    model, vocab = config.model, _vocab(config)
+    x = TimeInputs(1, 4, 2, 1, 16, 1, "none", "none", False, "bf16", 10**8)
+    t = step_time(model, vocab, config.cluster, x, efficiency=0.5, cpu_adam_rate=1e9)
+    assert t.bubble_fraction == 3 / 16
+    micro = t.compute / (16 + 3)
+    assert t.compute == pytest.approx(micro * 16 * (1 + 3 / 16))
+
+
+# --- enumeration, ranking, reasons ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def h100_plans():
+    from tests.conftest import typed_train
+
+    config = typed_train(["model=gpt_1p3b", "cluster=h100_8x4", "parallel.global_batch_size=64"])
+    return config, plan_layouts(config, PlannerSettings(max_micro_batch_size=4))
+
+
+def test_ranking_prefers_tensor_parallel_inside_a_node(h100_plans):
+    _, plans = h100_plans
+    fitting = [p for p in plans if p.fits]
+    assert fitting
+    assert 8 % fitting[0].candidate.tp == 0
+    # The same layout with its tensor group across two nodes is slower.
+    by_layout = {p.candidate: p for p in fitting}
+    pairs = 0
+    for c, plan in by_layout.items():
+        if c.tp == 8:
+            wide = dataclasses.replace(c, tp=16, dp=c.dp // 2) if c.dp % 2 == 0 else None
+            if wide in by_layout:
+                assert plan.tokens_per_s > by_layout[wide].tokens_per_s
+                assert "tensor_model_parallel_size" in by_layout[wide].warnings[0]
+                pairs += 1
+    assert pairs
+    best_wide = max(p.tokens_per_s for p in fitting if p.candidate.tp == 16)
+    best_in_node = max(p.tokens_per_s for p in fitting if p.candidate.tp == 8)
+    assert best_in_node > best_wide
+
+
+def test_fitting_layouts_are_sorted_by_throughput(h100_plans):
+    _, plans = h100_plans
+    speeds = [p.tokens_per_s for p in plans if p.fits]
+    assert speeds == sorted(speeds, reverse=True)
+    assert all(p.headroom >= 0 for p in plans if p.fits)
+    assert all(0 < p.mfu < 1 for p in plans if p.fits)
+
+
+def test_rejected_layouts_say_why(h100_plans):
+    _, plans = h100_plans
+    rejected = {p.candidate: p.reasons for p in plans if not p.fits}
+    assert all(rejected.values())
+
+    def reasons(**kw):
+        return next(r for c, r in rejected.items() if all(getattr(c, k) == v for k, v in kw.items()))
+
+    assert any("pipeline engine supports ZeRO 0 and 1" in r for r in reasons(pp=2, zero_stage=2))
+    assert any("parameter offload needs ZeRO 3" in r for r in reasons(zero_stage=1, offload="params"))
+    assert any(
+        "optimizer offload needs ZeRO 1, 2 or 3" in r for r in reasons(zero_stage=0, offload="optimizer")
+    )
+    assert any("not a multiple of micro_batch_size" in r for r in reasons(tp=1, pp=1, micro_batch_size=4))
+
+
+def test_a_model_too_large_for_the_gpu_is_rejected_for_memory(typed_config):
+    config = typed_config(["model=llama_7b", "cluster=one_a100_40g", "parallel.global_batch_size=8"])
+    plans = plan_layouts(config, PlannerSettings(max_micro_batch_size=2))
+    in_memory = [p for p in plans if p.candidate.offload == "none" and p.memory is not None]
+    assert in_memory and not any(p.fits for p in in_memory)
+    assert all(p.reasons[0].startswith("memory: needs") for p in in_memory)
+    assert "> cluster.gpu_memory_gib 40" in in_memory[0].reasons[0]
+    # ZeRO-Offload of the optimizer is what lets a 7B model train on one 40 GB GPU.
+    assert any(p.fits and p.candidate.offload != "none" for p in plans)
+
+
+def test_a_cluster_without_peak_flops_is_refused_with_the_key_to_set(typed_config):
+    with pytest.raises(ConfigError, match=r"cluster\.peak_tflops_fp32: not set for cluster 'local_cpu'"):
+        plan_layouts(typed_config([]))
+
+
+def test_the_emitted_overrides_compose_and_validate_to_the_same_layout(h100_plans, typed_config):
+    config, plans = h100_plans
+    best = next(p for p in plans if p.fits)
+    overrides = ["model=gpt_1p3b", "cluster=h100_8x4", *override_line(best).split()]
+    again = typed_config(overrides)
+    world = again.cluster.num_nodes * again.cluster.gpus_per_node
+    layout = validate(again, world, cuda_available=True, planned=True, fused_norms_available=True).layout
+    c = best.candidate
+    assert (layout.tensor_parallel, layout.pipeline_parallel, layout.data_parallel) == (c.tp, c.pp, c.dp)
+    assert layout.micro_batch_size == c.micro_batch_size
+    assert again.parallel.zero_stage == c.zero_stage
+    assert (again.model.recompute_granularity or "none") == c.recompute
+
+
+def test_validate_warns_when_tensor_parallel_spans_nodes(typed_config):
+    config = typed_config(["model=gpt_1p3b", "cluster=h100_8x4", "parallel.tensor_model_parallel_size=16"])
+    verdict = validate(config, 32, cuda_available=True, planned=True)
+    assert any(
+        w.startswith("parallel.tensor_model_parallel_size: 16 does not divide cluster.gpus_per_node(8)")
+        for w in verdict.warnings
+    )
+    inside = typed_config(["model=gpt_1p3b", "cluster=h100_8x4", "parallel.tensor_model_parallel_size=8"])
+    assert not validate(inside, 32, cuda_available=True, planned=True).warnings
+
+
+def test_plan_command_prints_the_table_and_emits_overrides():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    args = [sys.executable, "launch/plan.py", "model=gpt_125m", "cluster=h100_8x1", "--max-micro-batch", "2"]
+    table = subprocess.run(
+        [*args, "--top", "3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert table.returncode == 0, table.stderr
+    rows = [line for line in table.stdout.splitlines() if line[:3].strip().isdigit()]
+    assert len([r for r in rows if r.startswith(("  1", "  2", "  3"))]) >= 3
+    assert "tokens/s" in table.stdout and "MFU" in table.stdout
+    emitted = subprocess.run(
+        [*args, "--emit"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert emitted.returncode == 0, emitted.stderr
+    assert emitted.stdout.startswith("parallel.name=tp")
+    refused = subprocess.run(
+        [sys.executable, "launch/plan.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2
+    assert "config error: cluster.peak_tflops_fp32" in refused.stderr
