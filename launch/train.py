@@ -103,7 +103,6 @@ def main(cfg: DictConfig) -> None:
         sys.exit(3)
 
 
-
 def train(
     config: TrainConfig,
     layout: Layout,
