@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/stability_overhead.py [--rounds 6] [--block 5] [override ...]
 
 Three runners over the same GPT shape, data and seed, built exactly as launch/train.py builds them
-(`build_step_runner`), stepped in alternating blocks so machine drift lands on all alike:
+(`build_training_runner`), stepped in alternating blocks so machine drift lands on all alike:
 
   off      stability=off
   gate     stability=off + spike detection + non-finite guard: the step gate alone. The arithmetic
@@ -50,10 +50,7 @@ def main() -> None:
 
     from integration import distributed
     from integration.config import register_schemas, to_typed
-    from integration.data import build_datasets
-    from integration.ds_config import build_deepspeed_config
-    from integration.plan import model_vocab_size
-    from integration.steps import build_step_runner
+    from integration.steps import build_training_runner
     from integration.validate import validate
 
     ds_logger.setLevel("WARNING")
@@ -76,28 +73,16 @@ def main() -> None:
     runners = {}
     for name, config in configs.items():
         distributed.seed_everything(config.trainer.seed)
-        vocab = model_vocab_size(config.model, config.data.tokenizer, config.data.vocab_size)
-        datasets = build_datasets(
-            config.data,
-            config.model.seq_length,
-            config.trainer.seed,
-            steps * layouts[name].global_batch_size,
-            0,
-        )
-        runners[name] = build_step_runner(
+        runners[name] = build_training_runner(
             config.model,
             config.parallel,
             config.optim,
-            config.precision.dtype,
-            vocab_size=vocab,
-            ds_config=build_deepspeed_config(
-                layouts[name], config.parallel, config.optim, config.precision, config.trainer.max_steps
-            ),
-            datasets=datasets,
-            layout=layouts[name],
-            device=torch.device("cpu"),
-            seed=config.trainer.seed,
-            stability=config.stability,
+            config.precision,
+            config.data,
+            config.trainer,
+            config.stability,
+            layouts[name],
+            torch.device("cpu"),
         )
     losses = {name: {} for name in runners}
     times = {name: [] for name in runners}

@@ -27,7 +27,7 @@ from integration.data import BatchSampler, Datasets, collate
 from integration.layout import Layout
 from integration.model import TORCH_DTYPES, layer_spec, parameter_groups, transformer_config
 from integration.stability.gate import StepGate
-from integration.stability.hooks import shrink_embedding_gradient, sum_partial_replicated_grads
+from integration.stability.hooks import install_model_hooks
 from integration.stability.losses import z_loss
 from integration.trainer import PreClipGradNorm, StepResult, fp16_loss_scale, masked_mean
 
@@ -328,11 +328,10 @@ class PipelineStep:
 
         loss_fn = LanguageModelLoss(stability.z_loss)
         module = build_pipeline_module(model, parallel, dtype, vocab_size, seed, layout, loss_fn)
-        if stability.embedding_grad_shrink != 1.0:
-            for part in module.modules():
-                if isinstance(part, EmbeddingPipe):
-                    shrink_embedding_gradient(part.embedding.word_embeddings, stability.embedding_grad_shrink)
-        sum_partial_replicated_grads(module)
+        lookups = [
+            part.embedding.word_embeddings for part in module.modules() if isinstance(part, EmbeddingPipe)
+        ]
+        install_model_hooks(module, lookups, stability)
         groups = parameter_groups(module, optim.weight_decay, optim.no_decay_on_embeddings_norms_biases)
         engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=groups, config=ds_config)
         start_schedule(engine)

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from integration.config.schema import ModelConfig, OptimConfig, ParallelConfig, StabilityConfig
+from integration.config.schema import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    PrecisionConfig,
+    StabilityConfig,
+    TrainerConfig,
+)
 from integration.data import BatchSampler, Datasets, collate
 from integration.layout import Layout
 from integration.stability.gate import StepGate
-from integration.stability.hooks import shrink_embedding_gradient, sum_partial_replicated_grads
+from integration.stability.hooks import install_model_hooks
 from integration.stability.losses import z_loss
 from integration.trainer import (
     PreClipGradNorm,
@@ -45,21 +54,61 @@ def build_step_runner(
         return PipelineStep.build(
             model, parallel, optim, dtype, vocab_size, ds_config, datasets, layout, device, seed, stability
         )
-    if parallel.tensor_parallel_2d:
-        from integration.tp2d.step import build_tp2d_step
-
-        return build_tp2d_step(
-            model, parallel, optim, dtype, vocab_size, ds_config, datasets, layout, device, seed, stability
-        )
     from integration.engine import build_engine
-    from integration.model import build_gpt
 
-    gpt = build_gpt(model, parallel, dtype, vocab_size, seed)
-    if stability.embedding_grad_shrink != 1.0:
-        shrink_embedding_gradient(gpt.embedding.word_embeddings, stability.embedding_grad_shrink)
-    sum_partial_replicated_grads(gpt)
+    if parallel.tensor_parallel_2d:
+        from integration.tp2d.gpt import build_gpt2d
+        from integration.tp2d.step import Dense2DStep
+
+        gpt = build_gpt2d(model, parallel, dtype, vocab_size, seed)
+        step_class = partial(Dense2DStep, grid=gpt.grid)
+    else:
+        from integration.model import build_gpt
+
+        gpt = build_gpt(model, parallel, dtype, vocab_size, seed)
+        step_class = DenseStep
+    install_model_hooks(gpt, [gpt.embedding.word_embeddings], stability)
     engine = build_engine(gpt, ds_config, optim)
-    return DenseStep(engine, datasets, layout, parallel_state.get_data_parallel_rank(), device, stability)
+    return step_class(engine, datasets, layout, parallel_state.get_data_parallel_rank(), device, stability)
+
+
+def build_training_runner(
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    optim: OptimConfig,
+    precision: PrecisionConfig,
+    data: DataConfig,
+    trainer: TrainerConfig,
+    stability: StabilityConfig,
+    layout: Layout,
+    device: torch.device,
+) -> StepRunner:
+    """Datasets sized for the run, the DeepSpeed config and the step runner, from the typed groups:
+    what a training launch builds once the process groups exist and the seed is set."""
+    from integration.data import build_datasets
+    from integration.ds_config import build_deepspeed_config
+    from integration.plan import model_vocab_size
+
+    datasets = build_datasets(
+        data,
+        model.seq_length,
+        trainer.seed,
+        train_samples=trainer.max_steps * layout.global_batch_size,
+        valid_samples=max(1, trainer.eval_iters) * layout.global_batch_size,
+    )
+    return build_step_runner(
+        model,
+        parallel,
+        optim,
+        precision.dtype,
+        vocab_size=model_vocab_size(model, data.tokenizer, data.vocab_size),
+        ds_config=build_deepspeed_config(layout, parallel, optim, precision, trainer.max_steps),
+        datasets=datasets,
+        layout=layout,
+        device=device,
+        seed=trainer.seed,
+        stability=stability,
+    )
 
 
 class DenseStep:

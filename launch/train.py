@@ -115,14 +115,12 @@ def train(
 
     from integration import distributed
     from integration.checkpoint import Checkpointer, checkpoint_root
-    from integration.data import build_datasets
-    from integration.ds_config import build_deepspeed_config
     from integration.metrics import MetricsLog, Progress, write_run_config
     from integration.model_size import flops_per_token
     from integration.perf import Throughput
     from integration.plan import model_vocab_size
     from integration.stability.monitor import StabilityMonitor
-    from integration.steps import build_step_runner
+    from integration.steps import build_training_runner
     from integration.tracking import RunLabels, WandbTracker, run_metadata
     from integration.trainer import TrainLoop
 
@@ -133,27 +131,16 @@ def train(
         device = torch.device(f"cuda:{env.local_rank}" if config.cluster.device == "cuda" else "cpu")
         trainer = config.trainer
         vocab_size = model_vocab_size(config.model, config.data.tokenizer, config.data.vocab_size)
-        datasets = build_datasets(
-            config.data,
-            config.model.seq_length,
-            trainer.seed,
-            train_samples=trainer.max_steps * layout.global_batch_size,
-            valid_samples=max(1, trainer.eval_iters) * layout.global_batch_size,
-        )
-        runner = build_step_runner(
+        runner = build_training_runner(
             config.model,
             config.parallel,
             config.optim,
-            config.precision.dtype,
-            vocab_size=vocab_size,
-            ds_config=build_deepspeed_config(
-                layout, config.parallel, config.optim, config.precision, trainer.max_steps
-            ),
-            datasets=datasets,
-            layout=layout,
-            device=device,
-            seed=trainer.seed,
-            stability=config.stability,
+            config.precision,
+            config.data,
+            trainer,
+            config.stability,
+            layout,
+            device,
         )
         monitor = StabilityMonitor(config.stability, runner.gate.detector)
         run_dir = Path(config.run.dir)

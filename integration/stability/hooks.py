@@ -6,6 +6,16 @@ import torch
 import torch.distributed as dist
 
 
+def install_model_hooks(model: torch.nn.Module, word_embeddings: list[torch.nn.Module], stability) -> None:
+    """The stability options that act on the model itself, for every way of building it: the
+    embedding-gradient shrink on the given word-embedding lookups, and the tensor-parallel sum of
+    partial gradients of replicated weights (QK-layernorm)."""
+    if stability.embedding_grad_shrink != 1.0:
+        for lookup in word_embeddings:
+            shrink_embedding_gradient(lookup, stability.embedding_grad_shrink)
+    sum_partial_replicated_grads(model)
+
+
 def shrink_embedding_gradient(word_embeddings: torch.nn.Module, alpha: float):
     """GLM-130B (Zeng et al. 2022, §3.3): out·α + out.detach()·(1−α) on the word-embedding lookup.
     The forward value is unchanged (up to rounding) and the gradient reaching the embedding table

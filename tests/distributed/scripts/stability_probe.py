@@ -23,11 +23,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from integration import distributed  # noqa: E402
 from integration.config import register_schemas, to_typed  # noqa: E402
-from integration.data import build_datasets  # noqa: E402
-from integration.ds_config import build_deepspeed_config  # noqa: E402
-from integration.plan import model_vocab_size  # noqa: E402
 from integration.stability.monitor import StabilityMonitor  # noqa: E402
-from integration.steps import build_step_runner  # noqa: E402
+from integration.steps import build_training_runner  # noqa: E402
 from integration.validate import validate  # noqa: E402
 
 args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
@@ -41,24 +38,16 @@ distributed.init_process_group(config.cluster, env)
 distributed.init_model_parallel(layout)
 distributed.seed_everything(config.trainer.seed)
 trainer = config.trainer
-vocab = model_vocab_size(config.model, config.data.tokenizer, config.data.vocab_size)
-datasets = build_datasets(
-    config.data, config.model.seq_length, trainer.seed, trainer.max_steps * layout.global_batch_size, 0
-)
-runner = build_step_runner(
+runner = build_training_runner(
     config.model,
     config.parallel,
     config.optim,
-    config.precision.dtype,
-    vocab_size=vocab,
-    ds_config=build_deepspeed_config(
-        layout, config.parallel, config.optim, config.precision, trainer.max_steps
-    ),
-    datasets=datasets,
-    layout=layout,
-    device=torch.device("cpu"),
-    seed=trainer.seed,
-    stability=config.stability,
+    config.precision,
+    config.data,
+    trainer,
+    config.stability,
+    layout,
+    torch.device("cpu"),
 )
 engine = runner.engine
 from megatron.core import parallel_state  # noqa: E402
