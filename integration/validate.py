@@ -14,6 +14,7 @@ from integration.config.schema import TrainConfig
 from integration.errors import ConfigError
 from integration.layout import Layout
 from integration.model_size import padded_vocab_size, query_groups
+from integration.multinode import cluster_key_problems
 from integration.tokenizer import tokenizer_vocab_size
 
 NORMALIZATIONS = ("LayerNorm", "RMSNorm")
@@ -71,6 +72,7 @@ def validate(
     _check_stability(cfg, p)
     _check_tensor_parallel_2d(cfg, p)
     _check_tensor_parallel_in_node(cfg, p)
+    p.errors += cluster_key_problems(cfg.cluster)
     if p.errors:
         raise ConfigError(_format(p.errors))
     return Verdict(layout=Layout.derive(cfg.parallel, world_size), warnings=p.warnings)

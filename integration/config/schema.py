@@ -91,8 +91,23 @@ class ClusterConfig:
     """Dense bf16 peak per device, for MFU."""
     peak_tflops_fp32: float | None = None
     launcher: str = "pdsh"
-    """deepspeed runner's multi-node launcher: pdsh, openmpi, slurm, ..."""
+    """The deepspeed runner's multi-node launcher (`deepspeed --launcher`): pdsh (ssh), slurm
+    (srun), openmpi, mpich, impi or mvapich."""
     hosts: list[str] = field(default_factory=list)
+    """Node names or addresses, node 0 first; launch/launch.py writes the first num_nodes of them to
+    run.dir/launch/hostfile (`host slots=gpus_per_node`). Empty: cluster.hostfile, or this machine
+    when num_nodes is 1."""
+    master_addr: str | None = None
+    """Address at which every node reaches node 0 for the torch.distributed rendezvous
+    (`deepspeed --master_addr`); None: the first host."""
+    master_port: int = 29500
+    """TCP port of that rendezvous (`deepspeed --master_port`; 29500 is the runner's default)."""
+    ssh_port: int | None = None
+    """Port of sshd on every host (`deepspeed --ssh_port`: pdsh and the runner's ssh check); None:
+    ssh's own default (22, or ~/.ssh/config)."""
+    launcher_args: str = ""
+    """Extra arguments for the launcher program itself (`deepspeed --launcher_args`), e.g.
+    "--partition gpu" for srun."""
     env: dict[str, str] = field(default_factory=dict)
     """Environment exported to every rank (NCCL and fabric settings)."""
     # Hardware facts the layout planner (integration/planner/) reads; None where unknown.
@@ -113,7 +128,8 @@ class ClusterConfig:
     host_to_device_bandwidth_gb_per_s: float | None = None
     """PCIe bandwidth per device, one direction, GB/s (ZeRO-Offload transfers)."""
     hostfile: str | None = None
-    """deepspeed runner --hostfile (lines `host slots=N`); None: the runner's default /job/hostfile."""
+    """An existing hostfile (lines `host slots=N`) instead of cluster.hosts: its first num_nodes
+    hosts, each with at least gpus_per_node slots, are used as if listed in cluster.hosts."""
 
 
 @dataclass

@@ -253,6 +253,54 @@ BAD_CONFIGS = [
         r"stability\.rollback\.after_consecutive_spikes: 0 must be >= 1",
         "rollback-after-zero-spikes",
     ),
+    bad(
+        ["cluster.launcher=mpirun"],
+        1,
+        r"cluster\.launcher: 'mpirun' is not a deepspeed runner launcher; use one of pdsh, slurm, openmpi, "
+        r"mpich, impi, mvapich \(e\.g\. cluster\.launcher=pdsh\)",
+        "unknown-launcher",
+    ),
+    bad(
+        ["cluster.hosts=[a]", "cluster.hostfile=/job/hostfile"],
+        1,
+        r"cluster\.hosts: \['a'\] and cluster\.hostfile=/job/hostfile both name the nodes; keep one "
+        r"\(cluster\.hostfile=null, or cluster\.hosts=\[\]\)",
+        "hosts-and-hostfile",
+    ),
+    bad(
+        ["cluster.num_nodes=2", "cluster.hosts=[a]"],
+        2,
+        r"cluster\.hosts: 1 host\(s\) \['a'\] for cluster\.num_nodes\(2\); list 2 hosts or set "
+        r"cluster\.num_nodes=1",
+        "fewer-hosts-than-nodes",
+        planned=True,
+    ),
+    bad(
+        ["cluster.num_nodes=2", "cluster.hosts=[a,a]"],
+        2,
+        r"cluster\.hosts: \['a'\] listed more than once; list each node once",
+        "repeated-host",
+        planned=True,
+    ),
+    bad(
+        ['cluster.hosts=["node 0"]'],
+        1,
+        r"cluster\.hosts: \['node 0'\] — a host is one name or address, without spaces",
+        "host-with-space",
+    ),
+    bad(
+        ["cluster.ssh_port=70000"],
+        1,
+        r"cluster\.ssh_port: 70000 is not a TCP port; use 1-65535",
+        "ssh-port-out-of-range",
+    ),
+    bad(
+        ["+cluster.env.LD_LIBRARY_PATH=$HOME/lib"],
+        1,
+        r"cluster\.env\.LD_LIBRARY_PATH: '\$HOME/lib' holds a quote, backslash, '\$', '`' or newline, "
+        r"which the runner's export line would let the node's shell interpret; write the value literally",
+        "env-value-the-shell-would-expand",
+    ),
 ]
 
 
