@@ -1,0 +1,309 @@
+"""The launch plan of integration.multinode, read back with the deepspeed runner's own parsers
+(hostfile grammar, argument parser, pdsh argument handling, export quoting) and a real shell."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from deepspeed.launcher import runner
+from deepspeed.launcher.multinode_runner import PDSHRunner
+
+from integration.config import ClusterConfig
+from integration.errors import ConfigError
+from integration.multinode import (
+    RUNNER_LAUNCHERS,
+    Node,
+    cluster_key_problems,
+    env_file_text,
+    exported_env,
+    hostfile_text,
+    parse_hostfile,
+    pdsh_argument,
+    plan_launch,
+    runner_argv,
+    select_nodes,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "launch" / "train.py"
+EVERYTHING_INSTALLED = {"installed": lambda program: True}
+
+
+def plan(cluster, overrides=(), run_dir=Path("/runs/r"), **kwargs):
+    kwargs = {"launching_env": {}, "workdir": ROOT, **EVERYTHING_INSTALLED, **kwargs}
+    return plan_launch(
+        cluster, run_dir=run_dir, script=SCRIPT, overrides=list(overrides), python=sys.executable, **kwargs
+    )
+
+
+def runner_args(argv: list[str]):
+    """argv as `deepspeed` itself parses it (argv = python -u -m deepspeed.launcher.runner ...)."""
+    assert argv[1:4] == ["-u", "-m", "deepspeed.launcher.runner"]
+    return runner.parse_args(argv[4:])
+
+
+def test_the_launchers_are_the_runners_own():
+    assert set(RUNNER_LAUNCHERS) == set(runner.LAUNCHER_CLASSES)
+
+
+def test_hostfile_of_the_loopback_cluster_is_what_the_runner_reads(typed_config):
+    cluster = typed_config(["cluster=loopback_2node"]).cluster
+    nodes = select_nodes(cluster)
+    text = hostfile_text(nodes)
+    assert text == "127.0.0.1 slots=2\n127.0.0.2 slots=2\n"
+    assert runner._parse_hostfile(text.splitlines()) == {"127.0.0.1": 2, "127.0.0.2": 2}
+
+
+def test_hosts_beyond_num_nodes_are_not_used(typed_config):
+    cluster = typed_config(["cluster=h100_8x4", "cluster.num_nodes=2"]).cluster
+    assert select_nodes(cluster) == [Node("h100-node-0", 8), Node("h100-node-1", 8)]
+
+
+def test_a_hostfile_is_read_like_the_runner_reads_it(typed_config):
+    text = "# the job's nodes\nworker-0 slots=16\n\nworker-1 slots=8\nworker-2 slots=8\n"
+    assert parse_hostfile(text, "f") == [Node("worker-0", 16), Node("worker-1", 8), Node("worker-2", 8)]
+    assert runner._parse_hostfile(text.splitlines()) == {"worker-0": 16, "worker-1": 8, "worker-2": 8}
+    cluster = typed_config(["cluster=aws_p4d_2node"]).cluster  # hostfile: /job/hostfile, 2 × 8
+    assert select_nodes(cluster, text) == [Node("worker-0", 8), Node("worker-1", 8)]
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        (
+            "worker-0 slots=8\nworker-1\n",
+            r"cluster\.hostfile: line 2 of /job/hostfile is 'worker-1'; each line must be `host slots=N`",
+        ),
+        ("a slots=8\na slots=8\n", r"cluster\.hostfile: /job/hostfile lists 'a' twice"),
+        ("# nothing\n\n", r"cluster\.hostfile: /job/hostfile lists no hosts"),
+    ],
+    ids=["no-slots", "repeated-host", "empty"],
+)
+def test_a_malformed_hostfile_is_refused(typed_config, text, pattern):
+    cluster = typed_config(["cluster=aws_p4d_2node"]).cluster
+    with pytest.raises(ConfigError, match=pattern):
+        select_nodes(cluster, text)
+
+
+def test_a_hostfile_too_small_for_the_cluster_is_refused_with_every_reason(typed_config):
+    cluster = typed_config(["cluster=aws_p4d_2node", "cluster.num_nodes=3"]).cluster
+    with pytest.raises(ConfigError) as err:
+        select_nodes(cluster, "a slots=8\nb slots=4\n")
+    message = str(err.value)
+    assert "lists 2 host(s) but cluster.num_nodes is 3; add hosts or set cluster.num_nodes=2" in message
+    assert (
+        "b has slots=4 in /job/hostfile, fewer than cluster.gpus_per_node(8); set cluster.gpus_per_node=4"
+        in message
+    )
+
+
+def test_a_missing_hostfile_and_a_cluster_without_nodes_are_refused(typed_config):
+    aws = typed_config(["cluster=aws_p4d_2node"]).cluster
+    with pytest.raises(ConfigError, match=r"cluster\.hostfile: /job/hostfile does not exist on this machine"):
+        select_nodes(aws, None)
+    slurm = typed_config(["cluster=slurm_a100_8x2"]).cluster
+    with pytest.raises(
+        ConfigError,
+        match=r"cluster\.hosts: empty and cluster\.hostfile not set, so the 2 nodes of cluster 'slurm_a100_8x2' "
+        r"are unknown; set cluster\.hosts=\[node-0,node-1,\.\.\.\] or cluster\.hostfile=",
+    ):
+        select_nodes(slurm)
+
+
+def test_loopback_argv_is_parsed_by_the_runner(typed_config):
+    cluster = typed_config(["cluster=loopback_2node", "cluster.master_port=29611"]).cluster
+    launch = plan(cluster, ["cluster=loopback_2node", "parallel=tp2"])
+    args = runner_args(launch.argv)
+    assert launch.argv[0] == sys.executable
+    assert args.hostfile == "/runs/r/launch/hostfile"
+    assert (args.launcher, args.master_addr, args.master_port, args.ssh_port) == (
+        "pdsh",
+        "127.0.0.1",
+        29611,
+        2222,
+    )
+    assert (args.num_nodes, args.num_gpus) == (2, 2)
+    assert args.no_local_rank and not args.no_ssh_check and not args.force_multi
+    assert args.user_script == str(SCRIPT)
+    assert args.user_args == ["cluster=loopback_2node", "parallel=tp2"]
+    assert launch.environ == {"DS_ENV_FILE": "/runs/r/launch/deepspeed_env"}
+    assert launch.env_file == Path("/runs/r/launch/deepspeed_env")
+
+
+def test_master_addr_defaults_to_the_first_host(typed_config):
+    cluster = typed_config(["cluster=h100_8x4"]).cluster
+    args = runner_args(plan(cluster).argv)
+    assert args.master_addr == "h100-node-0"
+    assert args.master_port == 29500 and args.ssh_port is None
+
+
+def test_one_local_node_runs_here_without_ssh(typed_config):
+    cluster = typed_config(["cluster=local_cpu", "cluster.gpus_per_node=2"]).cluster
+    launch = plan(cluster, installed=lambda program: False)  # pdsh is not needed to run here
+    assert launch.hostfile_text == "localhost slots=2\n"
+    args = runner_args(launch.argv)
+    assert args.master_addr == "127.0.0.1" and args.no_ssh_check and not args.force_multi
+
+
+def test_one_listed_host_goes_through_the_launcher(typed_config):
+    cluster = typed_config(["cluster=h100_8x1", "cluster.hosts=[gpu-box]"]).cluster
+    args = runner_args(plan(cluster).argv)
+    assert args.force_multi and not args.no_ssh_check and args.master_addr == "gpu-box"
+
+
+def test_mpi_launchers_get_no_node_or_gpu_limits(typed_config):
+    """The runner's MPI backends refuse --num_nodes/--num_gpus; the written hostfile is exact."""
+    cluster = typed_config(
+        ["cluster=h100_8x4", "cluster.launcher=impi", "cluster.launcher_args=-genv I_MPI_DEBUG 5"]
+    ).cluster
+    launch = plan(cluster)
+    args = runner_args(launch.argv)
+    assert (args.num_nodes, args.num_gpus, args.launcher) == (-1, -1, "impi")
+    assert args.launcher_args == "-genv I_MPI_DEBUG 5"
+    assert launch.hostfile_text.count("slots=8\n") == 4
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "openmpi", "mvapich"])
+def test_launchers_that_start_the_script_directly_are_refused(typed_config, launcher):
+    cluster = typed_config(["cluster=h100_8x4", f"cluster.launcher={launcher}"]).cluster
+    with pytest.raises(
+        ConfigError,
+        match=rf"cluster\.launcher: '{launcher}' makes the runner start .*use cluster\.launcher=pdsh",
+    ):
+        plan(cluster)
+
+
+def test_a_launcher_program_missing_here_is_named_with_the_install(typed_config):
+    cluster = typed_config(["cluster=loopback_2node"]).cluster
+    with pytest.raises(
+        ConfigError,
+        match=r"cluster\.launcher: 'pdsh' needs pdsh on this machine, not found on PATH; install pdsh .*"
+        r"apt-get install pdsh openssh-client.*or choose another cluster\.launcher",
+    ):
+        plan(cluster, installed=lambda program: program != "pdsh")
+
+
+def test_pdsh_cannot_carry_a_working_directory_with_spaces(typed_config):
+    cluster = typed_config(["cluster=loopback_2node"]).cluster
+    with pytest.raises(ConfigError, match=r"pdsh runs the working directory '/my runs' unquoted"):
+        plan(cluster, workdir=Path("/my runs"))
+
+
+def test_exported_environment(typed_config):
+    cluster = typed_config(["cluster=aws_p4d_2node"]).cluster
+    user_file = "WANDB_API_KEY=abc\nNCCL_DEBUG=INFO\n\n# comment\n"
+    env = exported_env(cluster, {"OMP_NUM_THREADS": "4", "HOME": "/root"}, user_file)
+    assert env["WANDB_API_KEY"] == "abc"  # the user's own .deepspeed_env is kept
+    assert env["NCCL_DEBUG"] == "WARN"  # cluster.env wins over it
+    assert env["OMP_NUM_THREADS"] == "4" and "HOME" not in env
+    assert list(env)[:2] == ["WANDB_API_KEY", "NCCL_DEBUG"]
+    # What the runner makes of the file: it splits each line on the first '=' and quotes for the shell.
+    pdsh = PDSHRunner(runner.parse_args(["x.py"]), "")
+    for line in env_file_text(env).splitlines(keepends=True):
+        key, value = line.split("=", maxsplit=1)
+        pdsh.add_export(key, value)
+    assert pdsh.exports["NCCL_SOCKET_IFNAME"] == '"^lo,docker"'
+    assert pdsh.exports["FI_EFA_USE_DEVICE_RDMA"] == "1"
+    assert set(pdsh.exports) == set(env)
+
+
+ARGUMENTS = [
+    "model=gpt_tiny",
+    "cluster.hosts=[a,b]",
+    "run.name=${model.name}_x",
+    "run.dir=/tmp/with space",
+    'wandb.tags=[it\'s,"quoted"]',
+    'run.name="two words"',
+    "x=$HOME",
+    "y=`id`",
+    "z=back\\slash and space",
+    "w=*",
+    "v=a;b|c&d",
+    "u=a b $c `d` \\e \"f\" 'g'",
+]
+
+
+def test_arguments_reach_the_remote_script_unchanged_through_pdsh():
+    """The runner's own pdsh argument handling, then the node's shell (pdsh hands ssh one line)."""
+    args = runner.parse_args(["--launcher", "pdsh", "x.py", *[pdsh_argument(a) for a in ARGUMENTS]])
+    line = " ".join(PDSHRunner(args, "").parse_user_args())
+    script = f"{line}"
+    shown = subprocess.run(
+        ["bash", "-c", f"printf '%s\\0' {script}"], capture_output=True, text=True, check=True, env={}
+    ).stdout
+    assert shown.split("\0")[:-1] == ARGUMENTS
+
+
+def test_runner_argv_quotes_only_for_pdsh(typed_config):
+    nodes = [Node("a", 1), Node("b", 1)]
+    argument = "run.name=${model.name}_x"
+    for launcher, expected in [("pdsh", "'run.name=${model.name}_x'"), ("impi", argument)]:
+        cluster = typed_config(["cluster=h100_8x4", f"cluster.launcher={launcher}"]).cluster
+        assert runner_argv(cluster, nodes, Path("/h"), SCRIPT, [argument], "python")[-1] == expected
+
+
+def test_dry_run_prints_the_launch_and_writes_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "launch/launch.py",
+            "cluster=loopback_2node",
+            "parallel=tp2",
+            f"run.dir={run_dir}",
+            "--dry-run",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "world 4 = tp 2 × pp 1 × dp 2" in out
+    assert "  127.0.0.1 slots=2\n  127.0.0.2 slots=2\n" in out
+    assert "  OMP_NUM_THREADS=1\n  GLOO_SOCKET_IFNAME=lo\n" in out
+    assert (
+        f"DS_ENV_FILE={run_dir}/launch/deepspeed_env {sys.executable} -u -m deepspeed.launcher.runner" in out
+    )
+    assert f"--no_local_rank {SCRIPT} cluster=loopback_2node parallel=tp2 run.dir={run_dir}" in out
+    assert not run_dir.exists()
+
+
+def test_a_bad_layout_stops_the_launch_before_anything_is_written(tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "launch/launch.py",
+            "cluster=loopback_2node",
+            "parallel=pp2",
+            "model.num_layers=3",
+            f"run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert (
+        "config error: model.num_layers: 3 is not divisible by pipeline_model_parallel_size(2)"
+        in result.stderr
+    )
+    assert "deepspeed.launcher.runner" not in result.stdout
+    assert not run_dir.exists()
+
+
+def test_an_environment_variable_name_the_shell_cannot_export_is_refused():
+    """Hydra's override grammar cannot even spell such a key; a YAML file can."""
+    problems = cluster_key_problems(ClusterConfig(name="x", env={"MY-VAR": "1", "OK_VAR": "a b"}))
+    assert problems == [
+        "cluster.env: 'MY-VAR' is not an environment variable name; use [A-Za-z_][A-Za-z0-9_]*"
+    ]
