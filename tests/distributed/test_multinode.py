@@ -1,0 +1,114 @@
+"""Two hosts on one machine. `python launch/launch.py cluster=loopback_2node ...` writes the hostfile
+and the exported environment and runs the deepspeed runner, whose pdsh launcher reaches 127.0.0.1
+and 127.0.0.2 over ssh (an sshd that scripts/test_hosts.sh installs and starts), 2 processes on each.
+The 2+2 run (TP2 × DP2) trains to the same losses as 4 processes on one host."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.distributed.launch import COMMON, ROOT, Run, assert_same_curve, free_port, train
+
+SCRIPT = ROOT / "scripts" / "test_hosts.sh"
+LAYOUT = ["parallel=tp2"]  # 4 processes: tp 2 × dp 2
+
+
+@pytest.fixture(scope="module")
+def test_hosts():
+    """An sshd on 127.0.0.1 and 127.0.0.2 (port, log file); stopped, with any session it still has,
+    afterwards. No sshd is no test: it fails, it does not skip."""
+    port = free_port()
+    started = subprocess.run(
+        ["bash", str(SCRIPT), "start", str(port)], capture_output=True, text=True, timeout=900
+    )
+    if started.returncode != 0:
+        pytest.fail(f"scripts/test_hosts.sh could not provide the two ssh hosts:\n{started.stderr[-3000:]}")
+    try:
+        yield port, Path(started.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop", str(port)], capture_output=True, timeout=120)
+
+
+def launch(run_dir: Path, overrides: list[str], timeout: float = 900) -> Run:
+    """launch/launch.py as a user types it. On a timeout the whole process group is killed by id
+    (the runner's own SIGTERM handler would `pkill -f` every deepspeed launcher on the machine); the
+    remote ranks go with the sshd sessions when the fixture stops it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["OMP_NUM_THREADS"] = "1"
+    args = [sys.executable, str(ROOT / "launch" / "launch.py"), *overrides, f"run.dir={run_dir}"]
+    proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        raise AssertionError(f"{' '.join(args)} timed out:\n{output[-6000:]}") from None
+    run = Run(proc.returncode, output, run_dir)
+    assert proc.returncode == 0, f"{' '.join(args)} exited {proc.returncode}:\n{output[-6000:]}"
+    return run
+
+
+def test_two_hosts_over_ssh_train_like_one_host_with_four_processes(test_hosts, tmp_path):
+    port, sshd_log = test_hosts
+    log_before = len(sshd_log.read_text())
+    two_hosts = launch(
+        tmp_path / "two_hosts",
+        COMMON
+        + LAYOUT
+        + [
+            "cluster=loopback_2node",
+            f"cluster.ssh_port={port}",
+            f"cluster.master_port={free_port()}",
+            "trainer.progress=false",
+        ],
+    )
+    one_host = train(tmp_path / "one_host", COMMON + LAYOUT, nprocs=4, timeout=600)
+
+    # What launch.py wrote and handed the runner.
+    launch_dir = two_hosts.run_dir / "launch"
+    assert (launch_dir / "hostfile").read_text() == "127.0.0.1 slots=2\n127.0.0.2 slots=2\n"
+    assert (launch_dir / "deepspeed_env").read_text() == "OMP_NUM_THREADS=1\nGLOO_SOCKET_IFNAME=lo\n"
+    out = two_hosts.output
+    pdsh_line = next(line for line in out.splitlines() if "cmd = pdsh" in line)
+    assert "-w 127.0.0.1,127.0.0.2 " in pdsh_line
+    assert "export OMP_NUM_THREADS=1; export GLOO_SOCKET_IFNAME=lo;" in pdsh_line
+    assert f"cd {ROOT}; {sys.executable} -u -m deepspeed.launcher.launch" in pdsh_line
+
+    # Each host's deepspeed launcher ran through pdsh (its lines carry the host's name) and started
+    # its two ranks: 0 and 1 on 127.0.0.1, 2 and 3 on 127.0.0.2.
+    mapping = "global_rank_mapping=defaultdict(<class 'list'>, {'127.0.0.1': [0, 1], '127.0.0.2': [2, 3]})"
+    for node_rank, host in enumerate(["127.0.0.1", "127.0.0.2"]):
+        lines = [line for line in out.splitlines() if line.startswith(f"{host}: ")]
+        assert any(f"nnodes=2, num_local_procs=2, node_rank={node_rank}" in line for line in lines), out[
+            -6000:
+        ]
+        assert any(mapping in line for line in lines)
+        assert sum("spawned with command" in line and "launch/train.py" in line for line in lines) == 2
+        assert sum("exits successfully" in line for line in lines) == 2
+
+    # ...and reached that host over ssh: during the launch sshd took connections on both addresses
+    # and ran their commands (pdsh's two, plus the runner's reachability check of the first host).
+    log = sshd_log.read_text()[log_before:]
+    assert log.count("Starting session: command for root") >= 3, log[-3000:]
+    for host in ["127.0.0.1", "127.0.0.2"]:
+        assert re.search(rf"Connection from 127\.0\.0\.1 port \d+ on {re.escape(host)} port {port}\b", log)
+
+    assert_same_curve(two_hosts.losses, one_host.losses)
+    norms = [r["grad_norm"] for r in two_hosts.train_rows]
+    assert norms == pytest.approx([r["grad_norm"] for r in one_host.train_rows], rel=1e-3)
+    assert sum(two_hosts.losses[-3:]) / 3 < two_hosts.losses[0] - 0.2, two_hosts.losses
