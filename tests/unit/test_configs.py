@@ -92,6 +92,8 @@ def test_every_model_validates_without_parallelism(typed_config, name):
 @pytest.mark.parametrize("name", PARALLEL_FILES)
 def test_every_parallel_preset_validates_with_two_data_parallel_replicas(typed_config, name):
     config = typed_config([f"parallel={name}"])
+    if config.parallel.tensor_model_parallel_size > config.model.num_attention_heads:
+        config = typed_config([f"parallel={name}", "model=gpt_1p3b"])  # tp8 presets need 8 | heads
     par = config.parallel
     world = par.tensor_model_parallel_size * par.pipeline_model_parallel_size * 2
     verdict = validate(config, world, cuda_available=False, planned=True)
