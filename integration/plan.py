@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from integration.compression.targets import describe
 from integration.config.schema import ModelConfig, TrainConfig
 from integration.ds_config import build_deepspeed_config
 from integration.layout import Layout
@@ -23,6 +24,11 @@ def _groups(name: str, groups: list[list[int]], limit: int = 8) -> str:
     return f"  {name:<9}{shown}{more}"
 
 
+def _compression_lines(config: TrainConfig) -> list[str]:
+    line = describe(config.compression, config.model)
+    return [f"  compress  {line}"] if line else []
+
+
 def render_plan(config: TrainConfig, layout: Layout, warnings: list[str]) -> str:
     vocab = model_vocab_size(config.model, config.data.tokenizer, config.data.vocab_size)
     params = parameter_count(config.model, vocab)
@@ -38,6 +44,7 @@ def render_plan(config: TrainConfig, layout: Layout, warnings: list[str]) -> str
         f"{config.cluster.gpus_per_node} {config.cluster.device} process(es), backend {config.cluster.backend}",
         f"  engine    {'DeepSpeed pipeline engine' if layout.pipeline_parallel > 1 else 'DeepSpeed engine'}, "
         f"ZeRO {config.parallel.zero_stage}, {config.precision.dtype}",
+        *_compression_lines(config),
         "rank groups (global ranks):",
         _groups("tensor", layout.tensor_groups()),
         _groups("pipeline", layout.pipeline_groups()),

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from integration.config.schema import (
+    CompressionConfig,
     DataConfig,
     ModelConfig,
     OptimConfig,
@@ -44,8 +45,11 @@ def build_step_runner(
     device: torch.device,
     seed: int,
     stability: StabilityConfig,
+    compression: CompressionConfig | None = None,
 ) -> StepRunner:
-    """Build the model and engine for this layout. Call with the same torch seed on every rank."""
+    """Build the model and engine for this layout. Call with the same torch seed on every rank.
+    With a compression technique enabled (pp = 1, 1D tensor parallel; see validate.py) the runner
+    is a `CompressedStep` and carries the schedule as `.compression`."""
     from megatron.core import parallel_state
 
     if layout.pipeline_parallel > 1:
@@ -68,8 +72,18 @@ def build_step_runner(
         gpt = build_gpt(model, parallel, dtype, vocab_size, seed)
         step_class = DenseStep
     install_model_hooks(gpt, [gpt.embedding.word_embeddings], stability)
+    schedule = None
+    if compression is not None:
+        from integration.compression.runtime import install_compression
+
+        schedule = install_compression(gpt, model, compression)
     engine = build_engine(gpt, ds_config, optim)
-    return step_class(engine, datasets, layout, parallel_state.get_data_parallel_rank(), device, stability)
+    runner = step_class(engine, datasets, layout, parallel_state.get_data_parallel_rank(), device, stability)
+    if schedule is None:
+        return runner
+    from integration.compression.runtime import CompressedStep
+
+    return CompressedStep(runner, schedule)
 
 
 def build_training_runner(
@@ -82,6 +96,7 @@ def build_training_runner(
     stability: StabilityConfig,
     layout: Layout,
     device: torch.device,
+    compression: CompressionConfig | None = None,
 ) -> StepRunner:
     """Datasets sized for the run, the DeepSpeed config and the step runner, from the typed groups:
     what a training launch builds once the process groups exist and the seed is set."""
@@ -108,6 +123,7 @@ def build_training_runner(
         device=device,
         seed=trainer.seed,
         stability=stability,
+        compression=compression,
     )
 
 

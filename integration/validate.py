@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from integration.compression.targets import compressible_linears, invalid_patterns, matching
 from integration.config.schema import TrainConfig
 from integration.errors import ConfigError
 from integration.layout import Layout
@@ -73,6 +74,7 @@ def validate(
     _check_tensor_parallel_2d(cfg, p)
     _check_tensor_parallel_in_node(cfg, p)
     p.errors += cluster_key_problems(cfg.cluster)
+    _check_compression(cfg, p)
     if p.errors:
         raise ConfigError(_format(p.errors))
     return Verdict(layout=Layout.derive(cfg.parallel, world_size), warnings=p.warnings)
@@ -458,3 +460,98 @@ def _check_tensor_parallel_2d(cfg: TrainConfig, p: _Problems) -> None:
         ("model.attention_dropout", model.attention_dropout),
     ]:
         p.check(rate == 0.0, f"{key}: {rate} — 2D tensor parallelism has no dropout yet; set {key}=0.0 {fix}")
+
+
+QUANTIZATION_TYPES = ("symmetric", "asymmetric")
+PRUNING_METHODS = ("l1",)
+
+
+def _check_compression(cfg: TrainConfig, p: _Problems) -> None:
+    """Compression (integration/compression) adapts Megatron-Core's 1D tensor-parallel linear
+    layers of the plain DeepSpeed engine and exports whole matrices, so it refuses the layouts it
+    does not implement, and checks each enabled technique against the model's matrices."""
+    comp, par = cfg.compression, cfg.parallel
+    wq, sp = comp.weight_quantization, comp.sparse_pruning
+    if not (wq.enabled or sp.enabled):
+        return
+    fix = "or compression=none"
+    p.check(
+        par.pipeline_model_parallel_size == 1,
+        f"parallel.pipeline_model_parallel_size: {par.pipeline_model_parallel_size} — compression is "
+        f"implemented for the plain DeepSpeed engine only (no pipeline stages); set "
+        f"parallel.pipeline_model_parallel_size=1 {fix}",
+    )
+    p.check(
+        not par.tensor_parallel_2d,
+        f"parallel.tensor_parallel_2d: true — compression adapts Megatron-Core's 1D tensor-parallel layers, "
+        f"not the 2D ones; set parallel.tensor_parallel_2d=false {fix}",
+    )
+    p.check(
+        par.zero_stage <= 2,
+        f"parallel.zero_stage: {par.zero_stage} — ZeRO-3 partitions the weights that pruning and the export "
+        f"read whole; compression is implemented for ZeRO 0-2, set parallel.zero_stage=2 {fix}",
+    )
+    if cfg.model.hidden_size % cfg.model.num_attention_heads:
+        return  # reported by _check_model; the matrix shapes are undefined
+    targets = compressible_linears(cfg.model)
+    names = [t.name for t in targets]
+    steps = cfg.trainer.max_steps
+    for key, technique in (("weight_quantization", wq), ("sparse_pruning", sp)):
+        if not technique.enabled:
+            continue
+        prefix = f"compression.{key}"
+        offset = technique.schedule_offset
+        p.check(
+            0 <= offset < steps,
+            f"{prefix}.schedule_offset: {offset} is outside the run's steps 0..{steps - 1} (trainer.max_steps "
+            f"= {steps}), so the technique would never be applied; set {prefix}.schedule_offset to a step "
+            f"in 0..{steps - 1}",
+        )
+        bad = invalid_patterns(technique.modules)
+        if not p.check(
+            not bad,
+            f"{prefix}.modules: {bad} are not valid regular expressions; e.g. {prefix}.modules=[linear_fc1]",
+        ):
+            continue
+        p.check(
+            bool(matching(names, technique.modules)),
+            f"{prefix}.modules: {list(technique.modules)} match no transformer linear layer of model "
+            f"{cfg.model.name} (decoder.layers.N.self_attention.linear_qkv/linear_proj, "
+            f"decoder.layers.N.mlp.linear_fc1/linear_fc2); e.g. {prefix}.modules=[linear_qkv,linear_fc1]",
+        )
+    if wq.enabled:
+        p.check(
+            2 <= wq.target_bits <= 8,
+            f"compression.weight_quantization.target_bits: {wq.target_bits} is outside 2..8 (codes are "
+            "exported one per byte); e.g. compression.weight_quantization.target_bits=8",
+        )
+        p.check(
+            wq.quantization_type in QUANTIZATION_TYPES,
+            f"compression.weight_quantization.quantization_type: {wq.quantization_type!r} is unknown; use "
+            "symmetric or asymmetric",
+        )
+        groups = wq.quantize_groups
+        if p.check(
+            groups >= 1,
+            f"compression.weight_quantization.quantize_groups: {groups} must be >= 1 (1: one scale per matrix)",
+        ) and not invalid_patterns(wq.modules):
+            matched = set(matching(names, wq.modules))
+            rows = sorted({t.rows for t in targets if t.name in matched})
+            uneven = [r for r in rows if r % groups]
+            p.check(
+                not uneven,
+                f"compression.weight_quantization.quantize_groups: {groups} does not divide the output rows "
+                f"{uneven} of the quantized matrices (groups are blocks of whole rows); use a divisor of "
+                f"{math.gcd(*rows)}, e.g. compression.weight_quantization.quantize_groups=1",
+            )
+    if sp.enabled:
+        p.check(
+            sp.method in PRUNING_METHODS,
+            f"compression.sparse_pruning.method: {sp.method!r} is not implemented; use l1 (magnitude "
+            "pruning; DeepSpeed's learned-score topk is not available)",
+        )
+        p.check(
+            0 < sp.dense_ratio <= 1,
+            f"compression.sparse_pruning.dense_ratio: {sp.dense_ratio} must be in (0, 1] (the fraction of "
+            "weights kept); e.g. compression.sparse_pruning.dense_ratio=0.5",
+        )

@@ -141,7 +141,9 @@ def train(
             config.stability,
             layout,
             device,
+            compression=config.compression,
         )
+        compression = getattr(runner, "compression", None)  # the schedule, when a technique is on
         monitor = StabilityMonitor(config.stability, runner.gate.detector)
         run_dir = Path(config.run.dir)
         logging_rank = runner.is_logging_rank
@@ -152,7 +154,7 @@ def train(
             config.model,
             layout,
             config.parallel.zero_stage,
-            stateful={"stability": monitor},
+            stateful={"stability": monitor, **({"compression": compression} if compression else {})},
         )
         first_step = checkpointer.load(resume) if resume is not None else 0
         if logging_rank and resume is not None:
@@ -197,6 +199,18 @@ def train(
             checkpointer=checkpointer,
         )
         loop.run()
+        if compression is not None:
+            from integration.compression.export import export_after_training
+
+            export_after_training(
+                runner.engine.module,
+                compression,
+                config.compression,
+                run_dir,
+                config.model,
+                vocab_size,
+                logging_rank,
+            )
         if tracker is not None:
             tracker.finish()
     finally:

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from integration.config.schema import (
     CheckpointConfig,
     ClusterConfig,
+    CompressionConfig,
     DataConfig,
     ModelConfig,
     OptimConfig,
@@ -23,6 +24,7 @@ from integration.errors import ConfigError
 __all__ = [
     "CheckpointConfig",
     "ClusterConfig",
+    "CompressionConfig",
     "DataConfig",
     "ModelConfig",
     "OptimConfig",

@@ -237,6 +237,66 @@ class StabilityConfig:
     1.0 disables, 0.1 in the paper."""
 
 
+DECODER_LINEARS = ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
+
+
+@dataclass
+class WeightQuantizationConfig:
+    """Quantization-aware training of weights, after DeepSpeed Compression's `weight_quantization`
+    (quantize_weight_in_forward mode): the forward pass multiplies with the weight rounded to
+    `target_bits` levels, the backward pass is the straight-through estimator."""
+
+    enabled: bool = False
+    schedule_offset: int = 0
+    """Optimizer steps trained unquantized first: 0-based step s runs quantized iff s >= offset."""
+    target_bits: int = 8
+    """Bits per weight, 2-8 (the exported codes are stored one per int8/uint8)."""
+    quantization_type: str = "symmetric"
+    """symmetric (codes -2^(b-1) .. 2^(b-1)-1, one scale per group) or asymmetric (codes
+    0 .. 2^b-1, a scale and a zero point per group)."""
+    quantize_groups: int = 1
+    """Scales per weight matrix: the full (unsharded) matrix's output rows in this many equal
+    blocks, so a group and its scale are the same under every tensor-parallel size."""
+    modules: list[str] = field(default_factory=lambda: list(DECODER_LINEARS))
+    """Regular expressions searched in module names (DeepSpeed's `modules`); each transformer
+    linear layer whose name matches one is quantized."""
+
+
+@dataclass
+class SparsePruningConfig:
+    """Unstructured magnitude pruning, after DeepSpeed Compression's `sparse_pruning` with
+    method l1: at step `schedule_offset` each matched weight matrix keeps its `dense_ratio`
+    largest-magnitude entries; the rest are masked to zero in every later forward pass."""
+
+    enabled: bool = False
+    schedule_offset: int = 0
+    """0-based optimizer step at which the mask is taken from the weights and starts to apply."""
+    method: str = "l1"
+    """l1: keep the largest |w| of the full matrix (DeepSpeed's learned-score `topk` is not
+    implemented)."""
+    dense_ratio: float = 0.5
+    """Fraction of each matrix's entries kept, in (0, 1]; ceil(dense_ratio × entries) survive."""
+    modules: list[str] = field(default_factory=lambda: list(DECODER_LINEARS))
+    """Regular expressions searched in module names, as for weight_quantization.modules."""
+
+
+@dataclass
+class CompressionConfig:
+    """Compression during training and export after it (integration/compression). DeepSpeed
+    0.19.8 removed its compression library and refuses a `compression_training` block, so these
+    techniques are implemented here on Megatron-Core's tensor-parallel linear layers, with
+    DeepSpeed's key names and semantics."""
+
+    name: str = "none"
+    weight_quantization: WeightQuantizationConfig = field(default_factory=WeightQuantizationConfig)
+    sparse_pruning: SparsePruningConfig = field(default_factory=SparsePruningConfig)
+    export: bool = True
+    """With a technique enabled: write the compressed model (integer codes and scales, pruned
+    weights) and a report of bit widths and sparsity at the end of training."""
+    export_dir: str | None = None
+    """None means <run.dir>/compressed."""
+
+
 @dataclass
 class TrainerConfig:
     max_steps: int = 100
@@ -285,6 +345,7 @@ class TrainConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     run: RunConfig = field(default_factory=RunConfig)
     dry_run: bool = False

@@ -301,6 +301,75 @@ BAD_CONFIGS = [
         r"which the runner's export line would let the node's shell interpret; write the value literally",
         "env-value-the-shell-would-expand",
     ),
+    bad(
+        ["compression=int8_qat", "compression.weight_quantization.target_bits=16"],
+        1,
+        r"compression\.weight_quantization\.target_bits: 16 is outside 2\.\.8 \(codes are exported one per "
+        r"byte\); e\.g\. compression\.weight_quantization\.target_bits=8",
+        "quantization-bits-out-of-range",
+    ),
+    bad(
+        ["compression=int8_qat", "compression.weight_quantization.quantization_type=ternary"],
+        1,
+        r"compression\.weight_quantization\.quantization_type: 'ternary' is unknown; use symmetric or asymmetric",
+        "quantization-type-unknown",
+    ),
+    bad(
+        ["compression=int8_qat", "compression.weight_quantization.quantize_groups=5"],
+        1,
+        r"compression\.weight_quantization\.quantize_groups: 5 does not divide the output rows \[64, 192, 256\] "
+        r"of the quantized matrices \(groups are blocks of whole rows\); use a divisor of 64",
+        "quantization-groups-split-rows",
+    ),
+    bad(
+        [
+            "compression=int8_qat",
+            "trainer.max_steps=20",
+            "compression.weight_quantization.schedule_offset=20",
+        ],
+        1,
+        r"compression\.weight_quantization\.schedule_offset: 20 is outside the run's steps 0\.\.19 "
+        r"\(trainer\.max_steps = 20\), so the technique would never be applied",
+        "quantization-offset-after-the-run",
+    ),
+    bad(
+        ["compression=sparse_50", "compression.sparse_pruning.dense_ratio=1.5"],
+        1,
+        r"compression\.sparse_pruning\.dense_ratio: 1\.5 must be in \(0, 1\] \(the fraction of weights kept\)",
+        "pruning-ratio-out-of-range",
+    ),
+    bad(
+        ["compression=sparse_50", "compression.sparse_pruning.method=topk"],
+        1,
+        r"compression\.sparse_pruning\.method: 'topk' is not implemented; use l1",
+        "pruning-method-topk",
+    ),
+    bad(
+        ["compression=sparse_50", "compression.sparse_pruning.modules=[attention.dense]"],
+        1,
+        r"compression\.sparse_pruning\.modules: \['attention\.dense'\] match no transformer linear layer of "
+        r"model gpt_tiny",
+        "pruning-modules-match-nothing",
+    ),
+    bad(
+        ["parallel=pp2", "compression=int8_qat"],
+        2,
+        r"parallel\.pipeline_model_parallel_size: 2 — compression is implemented for the plain DeepSpeed "
+        r"engine only \(no pipeline stages\); set parallel\.pipeline_model_parallel_size=1 or compression=none",
+        "compression-with-pipeline",
+    ),
+    bad(
+        ["parallel=tp2d_2x2", "compression=int8_qat"],
+        4,
+        r"parallel\.tensor_parallel_2d: true — compression adapts Megatron-Core's 1D tensor-parallel layers",
+        "compression-with-2d-tensor-parallel",
+    ),
+    bad(
+        ["parallel=dp", "parallel.zero_stage=3", "compression=sparse_50"],
+        2,
+        r"parallel\.zero_stage: 3 — ZeRO-3 partitions the weights that pruning and the export read whole",
+        "compression-with-zero3",
+    ),
 ]
 
 
