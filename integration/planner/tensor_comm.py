@@ -109,13 +109,22 @@ def _partial_grad_sums(model: ModelConfig, tp: int, e: int, sequence_parallel: b
 # --- Megatron-Core 1D ------------------------------------------------------------------------------
 
 
+def megatron_pair(tokens: int, hidden: int, tp: int, e: int) -> list[Collective]:
+    """A ColumnParallelLinear followed by a RowParallelLinear (QKV → projection, fc1 → fc2) without
+    sequence parallelism: the row-parallel output [tokens, hidden] all-reduced in forward, the
+    column-parallel input's gradient in backward (Narayanan et al. 2021, sec. 3.2)."""
+    act = tokens * hidden * e
+    return [
+        Collective("all_reduce", "tensor", tp, act, "forward"),
+        Collective("all_reduce", "tensor", tp, act, "backward"),
+    ]
+
+
 def megatron_layer(
     model: ModelConfig, tokens: int, tp: int, dtype: str, sequence_parallel: bool, recompute: str
 ) -> list[Collective]:
-    """One transformer layer, one micro-batch of `tokens` (= s·b). Without sequence parallelism the
-    row-parallel outputs (attention projection, fc2) are all-reduced in forward and the
-    column-parallel inputs' gradients (QKV, fc1) in backward (Narayanan et al. 2021, sec. 3.2).
-    Sequence parallelism swaps each all-reduce for an all-gather and a reduce-scatter of the same
+    """One transformer layer, one micro-batch of `tokens` (= s·b): attention and MLP, two
+    `megatron_pair`s. Sequence parallelism swaps each all-reduce for an all-gather and a reduce-scatter of the same
     activation, and the column-parallel linears re-gather their input in backward for the weight
     gradient, overlapped with the input-gradient GEMM (Korthikanti et al. 2022, sec. 4.2.2;
     megatron/core/tensor_parallel/layers.py LinearWithGradAccumulationAndAsyncCommunication). Full
@@ -126,10 +135,9 @@ def megatron_layer(
     act = tokens * model.hidden_size * e
     rerun = recompute == "full"
     if not sequence_parallel:
-        out = [
-            Collective("all_reduce", "tensor", tp, act, "forward", 2),
-            Collective("all_reduce", "tensor", tp, act, "backward", 2 + (2 if rerun else 0)),
-        ]
+        out = megatron_pair(tokens, model.hidden_size, tp, e) * 2
+        if rerun:
+            out.append(Collective("all_reduce", "tensor", tp, act, "backward", 2))
     else:
         out = [
             Collective("all_gather", "tensor", tp, act, "forward", 2),
