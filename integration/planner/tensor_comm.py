@@ -26,8 +26,8 @@ from typing import Protocol
 
 from integration.config.schema import ModelConfig
 from integration.model_size import ffn_size, query_groups
+from integration.planner.memory import DTYPE_BYTES
 
-ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 FP32 = 4
 """Loss statistics (max, target logit, sum of exponentials, per-token loss) are fp32 in both layouts."""
 _LEDGER_FACTOR = {"all_reduce": 2, "broadcast": 1, "reduce": 1, "all_gather": 1, "reduce_scatter": 1}
@@ -124,14 +124,14 @@ def megatron_layer(
     model: ModelConfig, tokens: int, tp: int, dtype: str, sequence_parallel: bool, recompute: str
 ) -> list[Collective]:
     """One transformer layer, one micro-batch of `tokens` (= s·b): attention and MLP, two
-    `megatron_pair`s. Sequence parallelism swaps each all-reduce for an all-gather and a reduce-scatter of the same
-    activation, and the column-parallel linears re-gather their input in backward for the weight
-    gradient, overlapped with the input-gradient GEMM (Korthikanti et al. 2022, sec. 4.2.2;
+    `megatron_pair`s. Sequence parallelism swaps each all-reduce for an all-gather and a
+    reduce-scatter of the same activation, and the column-parallel linears re-gather their input in
+    backward for the weight gradient, overlapped with the input-gradient GEMM (Korthikanti et al. 2022, sec. 4.2.2;
     megatron/core/tensor_parallel/layers.py LinearWithGradAccumulationAndAsyncCommunication). Full
     recompute runs the forward collectives again in backward."""
     if tp == 1:
         return []
-    e = ELEMENT_BYTES[dtype]
+    e = DTYPE_BYTES[dtype]
     act = tokens * model.hidden_size * e
     rerun = recompute == "full"
     if not sequence_parallel:
@@ -160,7 +160,7 @@ def megatron_ends(
     exponentials, fp32 per token (megatron/core/tensor_parallel/cross_entropy.py)."""
     if tp == 1:
         return [], []
-    e = ELEMENT_BYTES[dtype]
+    e = DTYPE_BYTES[dtype]
     act = tokens * model.hidden_size * e
     losses = [Collective("all_reduce", "tensor", tp, tokens * FP32, "forward", 3)]
     if not sequence_parallel:
@@ -236,7 +236,7 @@ def summa_layer(model: ModelConfig, tokens: int, q: int, dtype: str) -> list[Col
     fc2 as Linear2D; attention and GELU are local (each column holds whole heads of its token block).
     The QK-layernorm weights are replicated over the grid: their gradients are summed over the
     tensor group (the same hook as 1D)."""
-    e = ELEMENT_BYTES[dtype]
+    e = DTYPE_BYTES[dtype]
     h, ffn, bias = model.hidden_size, ffn_size(model), model.add_bias_linear
     kv = query_groups(model) * (h // model.num_attention_heads)
     out = summa_layernorm(tokens, h, q, e) + summa_layernorm(tokens, h, q, e)
@@ -260,7 +260,7 @@ def summa_ends(model: ModelConfig, vocab: int, tokens: int, q: int, dtype: str) 
     - the vocabulary-parallel cross entropy: the maximum and the (target logit, sum of
       exponentials) pairs all-reduced over the row, the per-token loss all-gathered over the column
       (fp32)."""
-    e = ELEMENT_BYTES[dtype]
+    e = DTYPE_BYTES[dtype]
     h = model.hidden_size
     rows = tokens * (h // q) * e  # the whole batch, one hidden block
     e_block = (vocab // q) * (h // q) * e
