@@ -3,6 +3,7 @@
     python launch/plan.py model=gpt_1p3b cluster=aws_p4d_2node
     python launch/plan.py model=llama_7b cluster=h100_8x4 parallel.global_batch_size=512 --top 5
     python launch/plan.py model=gpt_1p3b cluster=h100_8x1 --emit      # the best layout as overrides
+    python launch/plan.py model=gpt_1p3b cluster=h100_8x4 --no-2d     # Megatron's 1D tensor parallelism only
 
 Composes conf/train.yaml exactly as launch/train.py does (same groups, same overrides); the
 planner's own flags are taken off the command line before Hydra sees it.
@@ -35,6 +36,7 @@ def _planner_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--efficiency", type=float, default=None, help="fraction of peak FLOP/s reached")
     parser.add_argument("--unfused-attention", action="store_true", help="attention stores s×s scores")
     parser.add_argument("--no-sequence-parallel", action="store_true")
+    parser.add_argument("--no-2d", action="store_true", help="leave out 2D tensor-parallel layouts")
     parser.add_argument("--max-micro-batch", type=int, default=None)
     return parser.parse_known_args(argv)
 
@@ -50,6 +52,7 @@ def _settings() -> PlannerSettings:
         flash_attention=not FLAGS.unfused_attention,
         max_micro_batch_size=FLAGS.max_micro_batch or defaults.max_micro_batch_size,
         sequence_parallel=not FLAGS.no_sequence_parallel,
+        tensor_parallel_2d=not FLAGS.no_2d,
     )
 
 

@@ -4,6 +4,7 @@ training launch uses (integration.validate), then scored by the memory and time 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from integration.planner.memory import (
 )
 from integration.planner.settings import PlannerSettings
 from integration.planner.timing import StepTime, TimeInputs, peak_flops, step_time
+from integration.planner.tp2d import grid_side, parameters_2d, stage_memory_2d
 from integration.validate import validate
 
 
@@ -38,16 +40,26 @@ class Candidate:
     """none, optimizer (ZeRO-Offload) or params (optimizer and weights, ZeRO-3 only)."""
     sequence_parallel: bool
     global_batch_size: int
+    tensor_parallel_2d: bool = False
+    """The tp ranks form a √tp × √tp grid (Optimus/SUMMA, integration/tp2d) instead of Megatron's 1D."""
 
     @property
     def micro_batches(self) -> int:
         """Gradient-accumulation steps = pipeline micro-batches per step."""
         return max(1, self.global_batch_size // (self.micro_batch_size * self.dp))
 
+    @property
+    def tensor_label(self) -> str:
+        """tp as the table shows it: the size, or the grid (2x2) for 2D."""
+        if self.tensor_parallel_2d:
+            q = math.isqrt(self.tp)
+            return f"{q}x{q}"
+        return str(self.tp)
+
     def describe(self) -> str:
         sp = "+sp" if self.sequence_parallel else ""
         return (
-            f"tp{self.tp}{sp} pp{self.pp} dp{self.dp} z{self.zero_stage} mbs{self.micro_batch_size} "
+            f"tp{self.tensor_label}{sp} pp{self.pp} dp{self.dp} z{self.zero_stage} mbs{self.micro_batch_size} "
             f"recompute={self.recompute} offload={self.offload}"
         )
 
@@ -93,13 +105,33 @@ def candidates(world: int, global_batch_size: int, settings: PlannerSettings) ->
                                 yield Candidate(
                                     tp, pp, dp, zero, micro, recompute, offload, sp, global_batch_size
                                 )
+    if settings.tensor_parallel_2d:
+        yield from candidates_2d(world, global_batch_size, micro_sizes)
+
+
+def candidates_2d(world: int, global_batch_size: int, micro_sizes: list[int]) -> Iterator[Candidate]:
+    """2D layouts: tp = q² (q ≥ 2) dividing the world, without pipeline stages, sequence parallelism
+    or recompute (integration.validate refuses those with 2D, so they are not enumerated); the other
+    2D rules (micro-batch split over the grid rows, the model's shapes and options) are left to
+    validate, which rejects with the reason."""
+    for q in range(2, math.isqrt(world) + 1):
+        tp = q * q
+        if world % tp:
+            continue
+        for zero in (0, 1, 2, 3):
+            for micro in micro_sizes:
+                for offload in OFFLOAD:
+                    yield Candidate(
+                        tp, 1, world // tp, zero, micro, "none", offload, False, global_batch_size, True
+                    )
 
 
 def _config_for(base: TrainConfig, c: Candidate) -> TrainConfig:
     parallel = dataclasses.replace(
         base.parallel,
-        name=f"plan_tp{c.tp}_pp{c.pp}",
+        name=f"plan_tp{c.tensor_label}_pp{c.pp}",
         tensor_model_parallel_size=c.tp,
+        tensor_parallel_2d=c.tensor_parallel_2d,
         pipeline_model_parallel_size=c.pp,
         sequence_parallel=c.sequence_parallel,
         zero_stage=c.zero_stage,
@@ -177,6 +209,20 @@ def plan_layouts(config: TrainConfig, settings: PlannerSettings | None = None) -
         stage_params = max(
             sum(t.numel for t in stage_parameters(model, vocab, c.tp, c.pp, s)) for s in stages
         )
+        if c.tensor_parallel_2d:  # other tensors per rank, other activations (tp2d.py)
+            tensors = parameters_2d(model, vocab, grid_side(c.tp))
+            stage_params = sum(t.numel for t in tensors)
+            plan.memory = stage_memory_2d(
+                model,
+                vocab,
+                c.tp,
+                c.dp,
+                c.zero_stage,
+                c.offload,
+                c.micro_batch_size,
+                settings.flash_attention,
+                dtype,
+            )
         plan.time = step_time(
             model,
             vocab,
@@ -193,6 +239,7 @@ def plan_layouts(config: TrainConfig, settings: PlannerSettings | None = None) -
                 c.sequence_parallel,
                 dtype,
                 stage_params,
+                c.tensor_parallel_2d,
             ),
             settings.compute_efficiency,
             settings.cpu_adam_params_per_s,
@@ -222,6 +269,7 @@ def _rank_key(plan: PlannedLayout) -> tuple:
     # lower ZeRO stage, no offload, no recompute.
     simpler = (
         c.tp,
+        c.tensor_parallel_2d,
         c.pp,
         c.zero_stage,
         OFFLOAD.index(c.offload),

@@ -36,3 +36,6 @@ class PlannerSettings:
     sequence_parallel: bool = True
     """Also try Megatron sequence parallelism when tp > 1 (needs Transformer Engine or Apex norms
     on the cluster)."""
+    tensor_parallel_2d: bool = True
+    """Also try 2D tensor parallelism (parallel.tensor_parallel_2d: Optimus/SUMMA on a q×q grid) where
+    tp = q² ≥ 4 divides the world; validation rejects it for models 2D does not implement yet."""

@@ -29,7 +29,7 @@ def _row(rank: int, plan: PlannedLayout) -> str:
     if not plan.fits:
         notes.append(plan.reasons[0])
     return (
-        f"{rank:>3}  {c.tp:>3} {c.pp:>3} {c.dp:>3} {'y' if c.sequence_parallel else '-':>2} "
+        f"{rank:>3}  {c.tensor_label:>3} {c.pp:>3} {c.dp:>3} {'y' if c.sequence_parallel else '-':>2} "
         f"{c.zero_stage:>4} {c.micro_batch_size:>4} {c.micro_batches:>4}  {c.recompute:<9} {c.offload:<9} "
         + (
             f"{plan.memory_total / GIB:>7.1f} {plan.headroom / GIB:>8.1f} "
@@ -71,9 +71,11 @@ def override_line(plan: PlannedLayout) -> str:
     """The layout as launch/train.py overrides (the cluster and model are the ones planned for)."""
     c = plan.candidate
     recompute = "null" if c.recompute == "none" else c.recompute
+    name = f"tp2d_{c.tensor_label}" if c.tensor_parallel_2d else f"tp{c.tp}_pp{c.pp}"
     parts = [
-        f"parallel.name=tp{c.tp}_pp{c.pp}",
+        f"parallel.name={name}",
         f"parallel.tensor_model_parallel_size={c.tp}",
+        f"parallel.tensor_parallel_2d={str(c.tensor_parallel_2d).lower()}",
         f"parallel.pipeline_model_parallel_size={c.pp}",
         f"parallel.sequence_parallel={str(c.sequence_parallel).lower()}",
         f"parallel.zero_stage={c.zero_stage}",

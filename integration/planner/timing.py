@@ -11,12 +11,14 @@ links of latency α and bandwidth β,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from integration.config.schema import ClusterConfig, ModelConfig
 from integration.errors import ConfigError
 from integration.layout import Layout
 from integration.model_size import flops_per_token
+from integration.planner.tensor_comm import grid_groups, seconds, tensor_parallel_collectives
 
 OPTIMIZER_BYTES_PER_PARAM = 32
 """Adam step device-memory traffic per parameter: read 16-bit weight and gradient, fp32 master and
@@ -78,6 +80,19 @@ def group_link(groups: list[list[int]], cluster: ClusterConfig) -> Link:
     if all(len({rank // per_node for rank in group}) == 1 for group in groups):
         return intra_node_link(cluster)
     return inter_node_link(cluster)
+
+
+def tensor_parallel_links(
+    tensor_groups: list[list[int]], tensor_parallel_2d: bool, cluster: ClusterConfig
+) -> dict[str, Link]:
+    """The link each tensor-parallel collective crosses, by tensor_comm group name. A 2D grid's rows
+    are q adjacent ranks and its columns stride q, so a grid wider than a node keeps its rows (and
+    their traffic) inside one node while its columns cross nodes."""
+    links = {"tensor": group_link(tensor_groups, cluster)}
+    if tensor_parallel_2d:
+        rows, columns = grid_groups(tensor_groups, math.isqrt(len(tensor_groups[0])))
+        links.update(row=group_link(rows, cluster), column=group_link(columns, cluster))
+    return links
 
 
 def neighbour_pairs(groups: list[list[int]]) -> list[list[int]]:
@@ -149,6 +164,8 @@ class TimeInputs:
     dtype: str
     stage_params: int
     """Parameters of the largest pipeline stage on one tensor rank."""
+    tensor_parallel_2d: bool = False
+    """2D tensor parallelism (Optimus/SUMMA) on a √tp × √tp grid instead of Megatron's 1D."""
 
 
 def step_time(
@@ -168,14 +185,20 @@ def step_time(
     # One micro-batch on one stage: its share of the FLOPs (layers split evenly over pp, every
     # GEMM split over tp).
     compute_micro = hardware_flops_per_token(model, vocab, x.recompute) * s * b / (x.tp * x.pp) / peak
-    # Megatron TP: two all-reduces of the s·b·h activations per layer in forward, two in backward,
-    # two more when full recompute reruns the forward (Narayanan et al. 2021, sec. 3.2; sequence
-    # parallelism swaps each for a reduce-scatter + all-gather of the same volume, Korthikanti sec. 4.2.2).
+    # Tensor parallelism: the collectives each layer (and the embedding and logits around them)
+    # issues per micro-batch, 1D or 2D, listed call by call in tensor_comm.py.
     # Megatron-Core's rank order (layout.py): tensor ranks adjacent, then data, then pipeline.
     layout = Layout(x.tp * x.pp * x.dp, x.tp, x.pp, x.dp, b, b * m * x.dp, m)
-    tp_link = group_link(layout.tensor_groups(), cluster) if x.tp > 1 else None
-    per_layer = 6 if x.recompute == "full" else 4
-    tp_micro = layers * per_layer * all_reduce(s * b * h * e, x.tp, tp_link) if tp_link else 0.0
+    tp_micro = 0.0
+    if x.tp > 1:
+        links = tensor_parallel_links(layout.tensor_groups(), x.tensor_parallel_2d, cluster)
+        layer, first, last = tensor_parallel_collectives(
+            model, vocab, s * b, x.tp, x.dtype, x.sequence_parallel, x.recompute, x.tensor_parallel_2d
+        )
+        # The embedding's traffic is on the first stage, the logits' on the last; with pipeline
+        # stages the slower of the two paces the schedule.
+        ends = [seconds(first, links), seconds(last, links)]
+        tp_micro = layers * seconds(layer, links) + (sum(ends) if x.pp == 1 else max(ends))
     # DeepSpeed's pipeline engine sends the full activation forward and its gradient back per
     # micro-batch (no scatter-gather split over tp).
     pp_micro = 0.0

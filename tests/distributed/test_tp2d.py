@@ -72,3 +72,22 @@ def test_gpt_tp2d_matches_single_process(tmp_path):
     assert norms == pytest.approx([r["grad_norm"] for r in single.train_rows], rel=1e-4)
     z_terms = [r["stability/z_loss"] for r in tp2d.train_rows]
     assert z_terms == pytest.approx([r["stability/z_loss"] for r in single.train_rows], rel=1e-4)
+
+
+def test_gpt_tp2d_with_data_parallel_and_zero3_matches_single_process(tmp_path):
+    """A 2×2 grid × data parallel 2 (8 processes) under ZeRO-3, which partitions every 2D block over
+    the data-parallel pair and gathers it for each forward and backward: the layouts the planner
+    ranks with dp > 1 and ZeRO. Same samples per step as one process (global batch 4 = micro-batch 2
+    × dp 2; 8 processes at tp 4 make dp 2)."""
+    run = [*COMMON, "parallel.global_batch_size=4"]
+    single = train(tmp_path / "single", [*run, "parallel=single"], launcher="python")
+    tp2d = train(
+        tmp_path / "tp2d_dp2",
+        [*run, "parallel=tp2d_2x2", "parallel.zero_stage=3"],
+        nprocs=8,
+        launcher="deepspeed",
+        timeout=900,
+    )
+    assert_same_curve(tp2d.losses, single.losses, rel=1e-4)
+    norms = [r["grad_norm"] for r in tp2d.train_rows]
+    assert norms == pytest.approx([r["grad_norm"] for r in single.train_rows], rel=1e-4)
