@@ -9,8 +9,10 @@ import torch
 import torch.distributed as dist
 
 from integration.config.schema import (
+    CommConfig,
     DataConfig,
     ModelConfig,
+    OffloadConfig,
     OptimConfig,
     ParallelConfig,
     PrecisionConfig,
@@ -82,6 +84,8 @@ def build_training_runner(
     stability: StabilityConfig,
     layout: Layout,
     device: torch.device,
+    offload: OffloadConfig | None = None,
+    comm: CommConfig | None = None,
 ) -> StepRunner:
     """Datasets sized for the run, the DeepSpeed config and the step runner, from the typed groups:
     what a training launch builds once the process groups exist and the seed is set."""
@@ -102,7 +106,9 @@ def build_training_runner(
         optim,
         precision.dtype,
         vocab_size=model_vocab_size(model, data.tokenizer, data.vocab_size),
-        ds_config=build_deepspeed_config(layout, parallel, optim, precision, trainer.max_steps),
+        ds_config=build_deepspeed_config(
+            layout, parallel, optim, precision, trainer.max_steps, offload=offload, comm=comm
+        ),
         datasets=datasets,
         layout=layout,
         device=device,
