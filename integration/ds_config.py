@@ -129,7 +129,11 @@ _ZERO_COMM_KEYS = (
     "reduce_bucket_size",
     "allgather_partitions",
     "allgather_bucket_size",
+    "use_multi_rank_bucket_allreduce",
     "stage3_prefetch_bucket_size",
+    "stage3_param_persistence_threshold",
+    "stage3_max_live_parameters",
+    "stage3_max_reuse_distance",
 )
 
 

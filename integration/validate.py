@@ -536,6 +536,12 @@ def _check_comm(cfg: TrainConfig, world_size: int, planned: bool, p: _Problems) 
             value is None or value >= 1,
             f"{key}: {value} must be a positive number of elements (or null for DeepSpeed's default)",
         )
+    for key, value in [
+        ("comm.stage3_param_persistence_threshold", comm.stage3_param_persistence_threshold),
+        ("comm.stage3_max_live_parameters", comm.stage3_max_live_parameters),
+        ("comm.stage3_max_reuse_distance", comm.stage3_max_reuse_distance),
+    ]:
+        p.check(value is None or value >= 0, f"{key}: {value} must be >= 0 (or null for DeepSpeed's default)")
     quantized = [
         key
         for key, on in (

@@ -316,8 +316,20 @@ class CommConfig:
     """ZeRO 1/2: all-gather the updated partitions (true, default) or broadcast each one."""
     allgather_bucket_size: int | None = None
     """ZeRO 1/2: elements all-gathered per collective after the step (default 5e8)."""
+    use_multi_rank_bucket_allreduce: bool | None = None
+    """ZeRO 1/2: all-reduce each gradient bucket whole (true, DeepSpeed's default) instead of
+    reducing each rank's slice to its owner; false gives the ZeRO paper's 2Ψ volume."""
     stage3_prefetch_bucket_size: int | None = None
     """ZeRO 3: parameter elements fetched ahead of the layer that needs them (default 5e7)."""
+    stage3_param_persistence_threshold: int | None = None
+    """ZeRO 3: tensors of at most this many elements stay whole on every rank and are never
+    gathered (default 1e5). 0 partitions everything (the ZeRO paper's 3Ψ traffic)."""
+    stage3_max_live_parameters: int | None = None
+    """ZeRO 3: gathered parameter elements kept before any is released (default 1e9)."""
+    stage3_max_reuse_distance: int | None = None
+    """ZeRO 3: a gathered parameter used again within this many elements is not released between
+    its uses (default 1e9, so a model under 1e9 parameters is gathered once per step, not once in
+    forward and once in backward); 0 re-gathers it for the backward pass (the paper's 3Ψ)."""
     zero_quantized_weights: bool = False
     """ZeRO++ qwZ: all-gather ZeRO-3 weights quantized to int8 (block quantization). CUDA kernels."""
     zero_quantized_gradients: bool = False
