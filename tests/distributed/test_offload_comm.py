@@ -5,7 +5,8 @@ One probe launch trains every case in turn in the same two processes (same proce
 seed, same data); the tolerance of each comparison is the rounding the option introduces:
 
 - comm options that move the same numbers differently (overlap, bucket sizes, all-reduce instead
-  of reduce-scatter, hpZ, ZeRO-3 without overlap): bit-identical losses and gradient norms;
+  of reduce-scatter, per-rank reduces instead of bucket all-reduces, hpZ, ZeRO-3 without overlap
+  and re-gathering every parameter for backward): bit-identical losses and gradient norms;
 - optimizer/parameter offload, fp32: within 1e-6 relative. DeepSpeed's vectorised CPU Adam rounds
   differently from torch's AdamW (largest difference seen 9e-8);
 - offload and fp32 gradient accumulation in bf16 training: 5e-5 on the loss, 1e-3 on the gradient
@@ -33,18 +34,25 @@ CASES = {
     "z1_overlap": ["parallel.zero_stage=1", "comm=overlap"],
     "z2": ["parallel.zero_stage=2"],
     "z2_offload_optimizer": ["parallel.zero_stage=2", "offload=optimizer_cpu"],
-    "z2_overlap_small_buckets": [
+    "z2_overlap_small_buckets_reduce": [
         "parallel.zero_stage=2",
         "comm=overlap",
         "comm.reduce_bucket_size=20000",
         "comm.allgather_bucket_size=20000",
+        "comm.use_multi_rank_bucket_allreduce=false",
     ],
     "z2_all_reduce": ["parallel.zero_stage=2", "comm.reduce_scatter=false"],
     "z2_bf16_reduction": ["parallel.zero_stage=2", "comm.communication_data_type=bf16"],
     "z3": ["parallel.zero_stage=3"],
     "z3_offload_optimizer": ["parallel.zero_stage=3", "offload=optimizer_cpu"],
     "z3_offload_params": ["parallel.zero_stage=3", "offload=params_cpu"],
-    "z3_no_overlap": ["parallel.zero_stage=3", "comm.overlap_comm=false"],
+    "z3_no_overlap_regather": [
+        "parallel.zero_stage=3",
+        "comm.overlap_comm=false",
+        "comm.stage3_param_persistence_threshold=0",
+        "comm.stage3_max_live_parameters=0",
+        "comm.stage3_max_reuse_distance=0",
+    ],
     "z3_hpz2": ["parallel.zero_stage=3", "comm=hierarchical", "comm.zero_hpz_partition_size=2"],
     "bf16_z2": ["parallel.zero_stage=2", "precision=bf16"],
     "bf16_z2_offload_optimizer": ["parallel.zero_stage=2", "precision=bf16", "offload=optimizer_cpu"],
@@ -55,12 +63,12 @@ EXPECTED = {
     "z1_offload_optimizer": ("z1", 1e-6, 1e-6),
     "z1_overlap": ("z1", 0, 0),
     "z2_offload_optimizer": ("z2", 1e-6, 1e-6),
-    "z2_overlap_small_buckets": ("z2", 0, 0),
+    "z2_overlap_small_buckets_reduce": ("z2", 0, 0),
     "z2_all_reduce": ("z2", 0, 0),
     "z2_bf16_reduction": ("z2", 1e-5, 1e-3),
     "z3_offload_optimizer": ("z3", 1e-6, 1e-6),
     "z3_offload_params": ("z3", 1e-6, 1e-6),
-    "z3_no_overlap": ("z3", 0, 0),
+    "z3_no_overlap_regather": ("z3", 0, 0),
     "z3_hpz2": ("z3", 0, 0),
     "bf16_z2_offload_optimizer": ("bf16_z2", 5e-5, 1e-3),
     "bf16_z2_fp32_accumulation": ("bf16_z2", 5e-5, 1e-3),
@@ -129,8 +137,9 @@ def test_each_option_is_really_on_in_the_engine(probed):
         assert case["offload_param"] == ("cpu" if name.endswith("offload_params") else None), name
         assert case["zero_stage"] == int(re.search(r"z(\d)", name).group(1)), name
     assert probed["z1_overlap"]["overlap_comm"] and not probed["z1"]["overlap_comm"]
-    assert probed["z2_overlap_small_buckets"]["overlap_comm"] and not probed["z2"]["overlap_comm"]
-    assert probed["z3"]["overlap_comm"] and not probed["z3_no_overlap"]["overlap_comm"]  # DeepSpeed's default
+    assert probed["z2_overlap_small_buckets_reduce"]["overlap_comm"] and not probed["z2"]["overlap_comm"]
+    assert probed["z3"]["overlap_comm"]  # DeepSpeed's default at ZeRO 3
+    assert not probed["z3_no_overlap_regather"]["overlap_comm"]
     assert probed["z3_hpz2"]["hpz"] == 2 and probed["z3"]["hpz"] == 1
 
 
