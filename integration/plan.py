@@ -33,7 +33,13 @@ def render_plan(config: TrainConfig, layout: Layout, warnings: list[str]) -> str
     vocab = model_vocab_size(config.model, config.data.tokenizer, config.data.vocab_size)
     params = parameter_count(config.model, vocab)
     ds_config = build_deepspeed_config(
-        layout, config.parallel, config.optim, config.precision, config.trainer.max_steps
+        layout,
+        config.parallel,
+        config.optim,
+        config.precision,
+        config.trainer.max_steps,
+        offload=config.offload,
+        comm=config.comm,
     )
     lines = [
         f"plan for run {config.run.name!r} -> {config.run.dir}",

@@ -9,9 +9,11 @@ import torch
 import torch.distributed as dist
 
 from integration.config.schema import (
+    CommConfig,
     CompressionConfig,
     DataConfig,
     ModelConfig,
+    OffloadConfig,
     OptimConfig,
     ParallelConfig,
     PrecisionConfig,
@@ -97,6 +99,8 @@ def build_training_runner(
     layout: Layout,
     device: torch.device,
     compression: CompressionConfig | None = None,
+    offload: OffloadConfig | None = None,
+    comm: CommConfig | None = None,
 ) -> StepRunner:
     """Datasets sized for the run, the DeepSpeed config and the step runner, from the typed groups:
     what a training launch builds once the process groups exist and the seed is set."""
@@ -117,7 +121,9 @@ def build_training_runner(
         optim,
         precision.dtype,
         vocab_size=model_vocab_size(model, data.tokenizer, data.vocab_size),
-        ds_config=build_deepspeed_config(layout, parallel, optim, precision, trainer.max_steps),
+        ds_config=build_deepspeed_config(
+            layout, parallel, optim, precision, trainer.max_steps, offload=offload, comm=comm
+        ),
         datasets=datasets,
         layout=layout,
         device=device,

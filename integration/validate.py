@@ -27,6 +27,8 @@ DATA_KINDS = ("indexed", "synthetic")
 WANDB_MODES = ("online", "offline", "disabled")
 DEVICES = ("cpu", "cuda")
 BACKENDS = {"cpu": ("gloo",), "cuda": ("nccl", "gloo")}
+OFFLOAD_DEVICES = ("none", "cpu", "nvme")
+COMM_DTYPES = (None, "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -75,6 +77,8 @@ def validate(
     _check_tensor_parallel_in_node(cfg, p)
     p.errors += cluster_key_problems(cfg.cluster)
     _check_compression(cfg, p)
+    _check_offload(cfg, p)
+    _check_comm(cfg, world_size, planned, p)
     if p.errors:
         raise ConfigError(_format(p.errors))
     return Verdict(layout=Layout.derive(cfg.parallel, world_size), warnings=p.warnings)
@@ -555,3 +559,162 @@ def _check_compression(cfg: TrainConfig, p: _Problems) -> None:
             f"compression.sparse_pruning.dense_ratio: {sp.dense_ratio} must be in (0, 1] (the fraction of "
             "weights kept); e.g. compression.sparse_pruning.dense_ratio=0.5",
         )
+
+
+def _check_offload(cfg: TrainConfig, p: _Problems) -> None:
+    """DeepSpeed's ZeRO-Offload rules (runtime/zero/offload_config.py, stage_1_and_2.py, stage3.py):
+    optimizer states can leave the device from ZeRO 1 on, parameters only at ZeRO 3 (they must be
+    partitioned to be offloaded), and NVMe swapping is ZeRO-Infinity, a ZeRO-3 feature. The
+    pipeline engine runs ZeRO 0/1 only, so there optimizer offload needs exactly ZeRO 1."""
+    off, zero = cfg.offload, cfg.parallel.zero_stage
+    pp = cfg.parallel.pipeline_model_parallel_size
+    for key, block in (("offload.optimizer", off.optimizer), ("offload.param", off.param)):
+        if not p.check(
+            block.device in OFFLOAD_DEVICES,
+            f"{key}.device: {block.device!r} is unknown; use none, cpu or nvme (e.g. offload=optimizer_cpu)",
+        ):
+            return
+    opt, param = off.optimizer.device, off.param.device
+    p.check(
+        not (opt != "none" and zero == 0),
+        f"offload.optimizer.device: {opt!r} needs ZeRO 1, 2 or 3 (DeepSpeed offloads the partitioned "
+        "optimizer states), but parallel.zero_stage is 0; set parallel.zero_stage="
+        f"{1 if pp > 1 else 2} or offload=none",
+    )
+    if pp > 1:
+        p.check(
+            param == "none",
+            f"offload.param.device: {param!r} needs ZeRO 3, which DeepSpeed's pipeline engine "
+            f"(pipeline_model_parallel_size {pp}) does not run; use offload=optimizer_cpu "
+            "parallel.zero_stage=1, or parallel.pipeline_model_parallel_size=1",
+        )
+    else:
+        p.check(
+            not (param != "none" and zero != 3),
+            f"offload.param.device: {param!r} needs ZeRO 3 (only partitioned parameters can be offloaded), "
+            f"but parallel.zero_stage is {zero}; set parallel.zero_stage=3 or offload=optimizer_cpu",
+        )
+    for key, block in (("offload.optimizer", off.optimizer), ("offload.param", off.param)):
+        if block.device != "nvme":
+            continue
+        p.check(
+            zero == 3,
+            f"{key}.device: 'nvme' swaps through ZeRO-Infinity, which needs ZeRO 3 (parallel.zero_stage is "
+            f"{zero}); set parallel.zero_stage=3 or {key}.device=cpu",
+        )
+        p.check(
+            bool(block.nvme_path),
+            f"{key}.nvme_path: not set; NVMe offload needs a directory on a fast local disk, set "
+            f"{key}.nvme_path=/local_nvme (any writable directory)",
+        )
+        p.check(block.buffer_count >= 1, f"{key}.buffer_count: {block.buffer_count} must be >= 1")
+    if "nvme" in (opt, param):
+        aio = off.aio
+        for key, value in [
+            ("offload.aio.block_size", aio.block_size),
+            ("offload.aio.queue_depth", aio.queue_depth),
+            ("offload.aio.intra_op_parallelism", aio.intra_op_parallelism),
+        ]:
+            p.check(value >= 1, f"{key}: {value} must be a positive integer; set {key}=1 or more")
+        p.check(
+            not (aio.use_gds and cfg.cluster.device != "cuda"),
+            "offload.aio.use_gds: true needs CUDA (GPUDirect Storage); set offload.aio.use_gds=false",
+        )
+
+
+def _check_comm(cfg: TrainConfig, world_size: int, planned: bool, p: _Problems) -> None:
+    """ZeRO communication keys and ZeRO++ (Wang et al. 2023), against the layout and the device."""
+    comm, par = cfg.comm, cfg.parallel
+    zero, tp, pp = par.zero_stage, par.tensor_model_parallel_size, par.pipeline_model_parallel_size
+    for key, value in [
+        ("comm.reduce_bucket_size", comm.reduce_bucket_size),
+        ("comm.allgather_bucket_size", comm.allgather_bucket_size),
+        ("comm.stage3_prefetch_bucket_size", comm.stage3_prefetch_bucket_size),
+    ]:
+        p.check(
+            value is None or value >= 1,
+            f"{key}: {value} must be a positive number of elements (or null for DeepSpeed's default)",
+        )
+    for key, value in [
+        ("comm.stage3_param_persistence_threshold", comm.stage3_param_persistence_threshold),
+        ("comm.stage3_max_live_parameters", comm.stage3_max_live_parameters),
+        ("comm.stage3_max_reuse_distance", comm.stage3_max_reuse_distance),
+    ]:
+        p.check(value is None or value >= 0, f"{key}: {value} must be >= 0 (or null for DeepSpeed's default)")
+    quantized = [
+        key
+        for key, on in (
+            ("comm.zero_quantized_weights", comm.zero_quantized_weights),
+            ("comm.zero_quantized_gradients", comm.zero_quantized_gradients),
+        )
+        if on
+    ]
+    for key in quantized:
+        p.check(
+            zero == 3,
+            f"{key}: true is ZeRO++, which quantizes ZeRO-3 collectives, but parallel.zero_stage is {zero}; "
+            f"set parallel.zero_stage=3 or {key}=false",
+        )
+        p.check(
+            cfg.cluster.device == "cuda",
+            f"{key}: true needs DeepSpeed's CUDA quantizer kernels (QuantizerBuilder is not implemented for "
+            f"its CPU accelerator in deepspeed 0.19.8); set {key}=false (comm=overlap on CPU)",
+        )
+    p.check(
+        not (comm.zero_quantized_gradients and comm.reduce_scatter is False),
+        "comm.zero_quantized_gradients: true replaces ZeRO-3's reduce-scatter, which DeepSpeed requires "
+        "on (stage3.py); set comm.reduce_scatter=null or comm.zero_quantized_gradients=false",
+    )
+    if comm.zero_quantized_gradients and cfg.cluster.num_nodes == 1:
+        p.warnings.append(
+            "comm.zero_quantized_gradients: DeepSpeed uses the quantized all-to-all only between nodes; on "
+            "one node (cluster.num_nodes=1) it reduce-scatters the gradients as without qgZ"
+        )
+    hpz = comm.zero_hpz_partition_size
+    if p.check(hpz >= 1, f"comm.zero_hpz_partition_size: {hpz} must be >= 1 (1 disables hpZ)") and hpz > 1:
+        nodes = max(1, cfg.cluster.num_nodes)
+        per_node = cfg.cluster.gpus_per_node if planned else world_size // nodes
+        dp = world_size // (tp * pp) if world_size % (tp * pp) == 0 else world_size
+        p.check(
+            zero == 3,
+            f"comm.zero_hpz_partition_size: {hpz} (ZeRO++ hpZ) partitions a second copy of the ZeRO-3 "
+            f"weights, but parallel.zero_stage is {zero}; set parallel.zero_stage=3 or "
+            "comm.zero_hpz_partition_size=1",
+        )
+        p.check(
+            tp == 1,
+            f"comm.zero_hpz_partition_size: {hpz} with tensor_model_parallel_size {tp} — DeepSpeed forms hpZ "
+            "groups from consecutive global ranks, which are tensor-parallel peers here; set "
+            "comm.zero_hpz_partition_size=1 or parallel.tensor_model_parallel_size=1",
+        )
+        p.check(
+            dp % hpz == 0,
+            f"comm.zero_hpz_partition_size: {hpz} does not divide the data-parallel size {dp}; use a "
+            f"divisor of {dp} (typically the GPUs per node)",
+        )
+        p.check(
+            per_node % hpz == 0,
+            f"comm.zero_hpz_partition_size: {hpz} does not divide the {per_node} processes per node, so "
+            f"hpZ groups would span nodes; set comm.zero_hpz_partition_size={per_node}",
+        )
+    dtype = cfg.precision.dtype
+    accum = comm.grad_accum_dtype
+    if p.check(
+        accum in COMM_DTYPES,
+        f"comm.grad_accum_dtype: {accum!r} is unknown; use fp32, bf16, fp16 or null (the model's dtype)",
+    ) and accum not in (None, dtype):
+        p.check(
+            accum == "fp32" and dtype != "fp32",
+            f"comm.grad_accum_dtype: {accum!r} with precision {dtype} — gradients accumulate in fp32 or in "
+            "the model's dtype; set comm.grad_accum_dtype=fp32 or null",
+        )
+        p.check(
+            zero >= 1,
+            f"comm.grad_accum_dtype: {accum!r} differs from the {dtype} model, which DeepSpeed supports only "
+            'with ZeRO ("unsupported mix" at stage 0); set parallel.zero_stage=1 or comm.grad_accum_dtype=null',
+        )
+    p.check(
+        comm.communication_data_type in COMM_DTYPES,
+        f"comm.communication_data_type: {comm.communication_data_type!r} is unknown; use fp32, bf16, "
+        "fp16 or null",
+    )

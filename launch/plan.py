@@ -23,7 +23,6 @@ from omegaconf import DictConfig  # noqa: E402
 from integration.config import register_schemas, to_typed  # noqa: E402
 from integration.errors import ConfigError  # noqa: E402
 from integration.planner import PlannerSettings, override_line, plan_layouts, render_table  # noqa: E402
-from integration.planner.table import offload_note  # noqa: E402
 
 
 def _planner_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -64,6 +63,8 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+    # offload=none (the default) lets the planner choose; a named offload group is planned as given.
+    planner_chooses_offload = config.offload.name == "none"
     if FLAGS.emit is not None:
         fitting = [p for p in plans if p.fits]
         if len(fitting) < FLAGS.emit:
@@ -72,16 +73,14 @@ def main(cfg: DictConfig) -> None:
             )
             sys.exit(1)
         chosen = fitting[FLAGS.emit - 1]
-        print(override_line(chosen))
-        if note := offload_note(chosen):
-            print(note, file=sys.stderr)
+        print(override_line(chosen, with_offload=planner_chooses_offload))
         return
     print(render_table(plans, config, top=FLAGS.top, show_rejected=FLAGS.rejected))
     fitting = [p for p in plans if p.fits]
     if fitting:
-        print(f"\nbest as overrides (--emit): {override_line(fitting[0])}")
-        if note := offload_note(fitting[0]):
-            print(note)
+        print(
+            f"\nbest as overrides (--emit): {override_line(fitting[0], with_offload=planner_chooses_offload)}"
+        )
 
 
 if __name__ == "__main__":

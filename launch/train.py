@@ -70,8 +70,10 @@ def main(cfg: DictConfig) -> None:
                 print(f"warning: {note}", file=sys.stderr)
         from integration.checkpoint import checkpoint_root, find_resume_point
         from integration.data import check_data_files
+        from integration.offload import check_offload_environment
 
         check_data_files(config.data)
+        check_offload_environment(config.offload, report=env.local_rank == 0)
         resume = None
         if config.checkpoint.resume:
             resume = find_resume_point(
@@ -142,6 +144,8 @@ def train(
             layout,
             device,
             compression=config.compression,
+            offload=config.offload,
+            comm=config.comm,
         )
         compression = getattr(runner, "compression", None)  # the schedule, when a technique is on
         monitor = StabilityMonitor(config.stability, runner.gate.detector)

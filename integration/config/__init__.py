@@ -46,11 +46,18 @@ def register_schemas() -> None:
     resolvers the YAML files use."""
     ConfigStore.instance().store(name=SCHEMA_NAME, node=TrainConfig)
     OmegaConf.register_new_resolver("device_dtype", device_dtype, replace=True)
+    OmegaConf.register_new_resolver("unless_default", unless_default, replace=True)
 
 
 def device_dtype(device: str) -> str:
     """precision=auto: bf16 on CUDA devices, fp32 on CPU (bf16 matmuls are emulated there)."""
     return "bf16" if device == "cuda" else "fp32"
+
+
+def unless_default(name: str, default: str) -> str:
+    """Run-name part of an optional group: `_<name>`, or nothing when the group is at its default
+    (so adding a group leaves existing run names, and their run directories, as they were)."""
+    return "" if name == default else f"_{name}"
 
 
 def to_typed(cfg: DictConfig) -> TrainConfig:

@@ -298,6 +298,131 @@ class CompressionConfig:
 
 
 @dataclass
+class OffloadOptimizerConfig:
+    """DeepSpeed `zero_optimization.offload_optimizer` (ZeRO-Offload / ZeRO-Infinity): the fp32
+    master partition and the Adam moments live off the device and DeepSpeed's CPU Adam updates them."""
+
+    device: str = "none"
+    """none, cpu or nvme. Needs ZeRO 1, 2 or 3 (nvme: ZeRO 3)."""
+    nvme_path: str | None = None
+    """device=nvme: a directory on a fast local disk; DeepSpeed swaps the optimizer states there."""
+    pin_memory: bool = True
+    """Page-locked host buffers: full-bandwidth, asynchronous device<->host copies (a no-op on CPU)."""
+    buffer_count: int = 4
+    """device=nvme: swap buffers; at least the states kept per parameter (4 for Adam)."""
+    pipeline_read: bool = False
+    """device=nvme: read the next tile while the current one is updated."""
+    pipeline_write: bool = False
+    """device=nvme: write the previous tile while the current one is updated."""
+    fast_init: bool = False
+    """device=nvme: skip the initial swap-out of zero-filled states."""
+
+
+@dataclass
+class OffloadParamConfig:
+    """DeepSpeed `zero_optimization.offload_param` (ZeRO-Infinity): the 16-bit parameter partitions
+    live off the device and are brought up for each gather. ZeRO 3 only."""
+
+    device: str = "none"
+    """none, cpu or nvme."""
+    nvme_path: str | None = None
+    """device=nvme: a directory on a fast local disk for the parameter swap files."""
+    pin_memory: bool = True
+    """Page-locked host buffers (a no-op on CPU)."""
+    buffer_count: int = 5
+    """device=nvme: buffers in the parameter swap pool."""
+    buffer_size: int = 100_000_000
+    """device=nvme: elements per swap buffer; must hold the largest parameter."""
+    max_in_cpu: int = 1_000_000_000
+    """device=nvme: parameter elements kept in host memory."""
+
+
+@dataclass
+class AioConfig:
+    """DeepSpeed's top-level `aio` block: the libaio settings NVMe offload reads and writes with."""
+
+    block_size: int = 1_048_576
+    """Bytes per I/O request."""
+    queue_depth: int = 8
+    """Requests in flight."""
+    intra_op_parallelism: int = 1
+    """Threads per swap operation."""
+    single_submit: bool = False
+    """Submit requests one at a time instead of in batches."""
+    overlap_events: bool = True
+    """Overlap request submission with completion polling."""
+    use_gds: bool = False
+    """NVIDIA GPUDirect Storage (CUDA only)."""
+
+
+@dataclass
+class OffloadConfig:
+    """Where ZeRO keeps the optimizer states and parameters. Maps onto DeepSpeed's
+    `zero_optimization.offload_optimizer` / `offload_param` and, for NVMe, the `aio` block; the
+    default (`offload=none`) adds nothing to the generated DeepSpeed config."""
+
+    name: str = "none"
+    """Preset name, used in the run name when not none."""
+    optimizer: OffloadOptimizerConfig = field(default_factory=OffloadOptimizerConfig)
+    """zero_optimization.offload_optimizer."""
+    param: OffloadParamConfig = field(default_factory=OffloadParamConfig)
+    """zero_optimization.offload_param."""
+    aio: AioConfig = field(default_factory=AioConfig)
+    """Top-level aio block; emitted only when something is offloaded to NVMe."""
+
+
+@dataclass
+class CommConfig:
+    """ZeRO's communication settings, one-to-one with DeepSpeed's `zero_optimization` keys (plus
+    `data_types.grad_accum_dtype` and `communication_data_type`). None leaves DeepSpeed's default in
+    place and adds nothing to the generated config, so `comm=default` changes nothing."""
+
+    name: str = "default"
+    """Preset name, used in the run name when not default."""
+    overlap_comm: bool | None = None
+    """Reduce gradients while the backward pass still runs (double-buffered buckets). DeepSpeed's
+    default: on for ZeRO 3, off for ZeRO 1/2."""
+    contiguous_gradients: bool | None = None
+    """Copy gradients into one contiguous buffer as they are produced (DeepSpeed default: true)."""
+    reduce_scatter: bool | None = None
+    """ZeRO 1/2: reduce-scatter the gradients instead of all-reducing them (default: true)."""
+    reduce_bucket_size: int | None = None
+    """Elements reduced per collective (default 5e8). Smaller: less memory, more messages."""
+    allgather_partitions: bool | None = None
+    """ZeRO 1/2: all-gather the updated partitions (true, default) or broadcast each one."""
+    allgather_bucket_size: int | None = None
+    """ZeRO 1/2: elements all-gathered per collective after the step (default 5e8)."""
+    use_multi_rank_bucket_allreduce: bool | None = None
+    """ZeRO 1/2: all-reduce each gradient bucket whole (true, DeepSpeed's default) instead of
+    reducing each rank's slice to its owner; false gives the ZeRO paper's 2Ψ volume."""
+    stage3_prefetch_bucket_size: int | None = None
+    """ZeRO 3: parameter elements fetched ahead of the layer that needs them (default 5e7)."""
+    stage3_param_persistence_threshold: int | None = None
+    """ZeRO 3: tensors of at most this many elements stay whole on every rank and are never
+    gathered (default 1e5). 0 partitions everything (the ZeRO paper's 3Ψ traffic)."""
+    stage3_max_live_parameters: int | None = None
+    """ZeRO 3: gathered parameter elements kept before any is released (default 1e9)."""
+    stage3_max_reuse_distance: int | None = None
+    """ZeRO 3: a gathered parameter used again within this many elements is not released between
+    its uses (default 1e9, so a model under 1e9 parameters is gathered once per step, not once in
+    forward and once in backward); 0 re-gathers it for the backward pass (the paper's 3Ψ)."""
+    zero_quantized_weights: bool = False
+    """ZeRO++ qwZ: all-gather ZeRO-3 weights quantized to int8 (block quantization). CUDA kernels."""
+    zero_quantized_gradients: bool = False
+    """ZeRO++ qgZ: reduce ZeRO-3 gradients by an int4 all-to-all instead of a reduce-scatter. CUDA
+    kernels."""
+    zero_hpz_partition_size: int = 1
+    """ZeRO++ hpZ: ranks in the secondary (intra-node) weight partition, so the backward
+    all-gather stays inside a node; typically cluster.gpus_per_node. 1 disables."""
+    grad_accum_dtype: str | None = None
+    """data_types.grad_accum_dtype: dtype gradients accumulate and are reduced in (fp32, bf16,
+    fp16); None means the model's dtype."""
+    communication_data_type: str | None = None
+    """dtype of the gradient reduction (fp32, bf16, fp16); None: DeepSpeed picks (the gradient
+    dtype)."""
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = 100
     seed: int = 1234
@@ -346,6 +471,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     run: RunConfig = field(default_factory=RunConfig)
     dry_run: bool = False

@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from integration.config.schema import TrainConfig
+from integration.config.schema import OffloadConfig, TrainConfig
 from integration.errors import ConfigError
 from integration.model_size import flops_per_token
 from integration.plan import model_vocab_size
@@ -91,7 +91,9 @@ class PlannedLayout:
         return self.memory_limit - self.memory_total
 
 
-def candidates(world: int, global_batch_size: int, settings: PlannerSettings) -> Iterator[Candidate]:
+def candidates(
+    world: int, global_batch_size: int, settings: PlannerSettings, offloads: tuple[str, ...] = OFFLOAD
+) -> Iterator[Candidate]:
     micro_sizes = [m for m in (1, 2, 4, 8, 16, 32, 64) if m <= settings.max_micro_batch_size]
     divisors = [d for d in range(1, world + 1) if world % d == 0]
     for tp in divisors:
@@ -100,7 +102,7 @@ def candidates(world: int, global_batch_size: int, settings: PlannerSettings) ->
             for zero in (0, 1, 2, 3):
                 for micro in micro_sizes:
                     for recompute in RECOMPUTE:
-                        for offload in OFFLOAD:
+                        for offload in offloads:
                             for sp in (False, True) if tp > 1 and settings.sequence_parallel else (False,):
                                 yield Candidate(
                                     tp, pp, dp, zero, micro, recompute, offload, sp, global_batch_size
@@ -144,6 +146,17 @@ def _config_for(base: TrainConfig, c: Candidate) -> TrainConfig:
     return dataclasses.replace(base, parallel=parallel, model=model)
 
 
+def requested_offloads(offload: OffloadConfig) -> tuple[str, ...]:
+    """The offload kinds to plan: every kind under offload=none (the planner chooses), else the one
+    the offload group sets (NVMe is planned as host offload: same device memory, the states' host
+    copy is an upper bound)."""
+    if offload.param.device != "none":
+        return ("params",)
+    if offload.optimizer.device != "none":
+        return ("optimizer",)
+    return OFFLOAD
+
+
 def _offload_problems(c: Candidate) -> list[str]:
     # DeepSpeed: offload_optimizer needs ZeRO 1-3; offload_param exists only in ZeRO-3.
     if c.offload == "optimizer" and c.zero_stage == 0:
@@ -180,7 +193,8 @@ def plan_layouts(config: TrainConfig, settings: PlannerSettings | None = None) -
     tokens_per_step = config.parallel.global_batch_size * model.seq_length
     model_flops = flops_per_token(model, vocab) * tokens_per_step
     plans = []
-    for c in candidates(world, config.parallel.global_batch_size, settings):
+    offloads = requested_offloads(config.offload)
+    for c in candidates(world, config.parallel.global_batch_size, settings, offloads):
         plan = PlannedLayout(c, memory_limit=limit, reserved=reserved)
         plans.append(plan)
         try:

@@ -31,8 +31,8 @@ class PlannerSettings:
     """Largest micro-batch tried (powers of two up to it)."""
     cpu_adam_params_per_s: float = 1.0e9
     """Parameters per second one node's CPU updates with Adam under ZeRO-Offload (shared by its
-    GPUs' processes). DeepSpeed's CPU-Adam is ~5-7x torch's (Ren et al. 2021, ZeRO-Offload, sec. 5);
-    our ds_config uses torch's AdamW, so treat offload times as optimistic."""
+    GPUs' processes). DeepSpeed's CPU-Adam is ~5-7x torch's (Ren et al. 2021, ZeRO-Offload, sec. 5),
+    and it is what our ds_config selects under offload (integration/ds_config.py)."""
     sequence_parallel: bool = True
     """Also try Megatron sequence parallelism when tp > 1 (needs Transformer Engine or Apex norms
     on the cluster)."""

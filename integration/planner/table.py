@@ -67,8 +67,14 @@ def render_table(
     return "\n".join(lines)
 
 
-def override_line(plan: PlannedLayout) -> str:
-    """The layout as launch/train.py overrides (the cluster and model are the ones planned for)."""
+# Planner offload kind -> the conf/offload group that sets it.
+OFFLOAD_GROUPS = {"optimizer": "optimizer_cpu", "params": "params_cpu"}
+
+
+def override_line(plan: PlannedLayout, with_offload: bool = True) -> str:
+    """The layout as launch/train.py overrides (the cluster and model are the ones planned for).
+    `with_offload`: add `offload=<group>` when the layout offloads (False when the offload group was
+    given to the planner, so the user's command already has it)."""
     c = plan.candidate
     recompute = "null" if c.recompute == "none" else c.recompute
     name = f"tp2d_{c.tensor_label}" if c.tensor_parallel_2d else f"tp{c.tp}_pp{c.pp}"
@@ -83,15 +89,6 @@ def override_line(plan: PlannedLayout) -> str:
         f"parallel.global_batch_size={c.global_batch_size}",
         f"model.recompute_granularity={recompute}",
     ]
+    if with_offload and c.offload in OFFLOAD_GROUPS:
+        parts.append(f"offload={OFFLOAD_GROUPS[c.offload]}")
     return " ".join(parts)
-
-
-def offload_note(plan: PlannedLayout) -> str | None:
-    """Offload is planned but not a config key yet: ds_config.py generates no zero_optimization.offload_*."""
-    offload = plan.candidate.offload
-    if offload == "none":
-        return None
-    return (
-        f"note: layout {plan.candidate.describe()} needs ZeRO-Offload ({offload}), which the config "
-        "cannot set yet (DeepSpeed zero_optimization.offload_optimizer/offload_param)"
-    )

@@ -32,8 +32,22 @@ MODEL_FILES = [name for group, name in CONFIG_FILES if group == "model"]
 PARALLEL_FILES = [name for group, name in CONFIG_FILES if group == "parallel"]
 OTHER_FILES = [(group, name) for group, name in CONFIG_FILES if group not in ("model", "parallel")]
 # Files that only validate on a GPU cluster: validation is pure, so "a GPU is there" is an argument.
-NEEDS_CUDA = {("precision", "fp16")}
+NEEDS_CUDA = {("precision", "fp16"), ("comm", "overlap_quantized"), ("comm", "zeropp")}
 CUDA_CLUSTER = ["cluster.device=cuda", "cluster.backend=nccl"]
+# Files that need a ZeRO stage (offload, ZeRO++) or a machine-specific path to validate.
+NEEDS_OVERRIDES = {
+    ("offload", "optimizer_cpu"): ["parallel.zero_stage=1"],
+    ("offload", "params_cpu"): ["parallel.zero_stage=3"],
+    ("offload", "optimizer_nvme"): ["parallel.zero_stage=3", "offload.optimizer.nvme_path=/local_nvme"],
+    ("offload", "params_nvme"): [
+        "parallel.zero_stage=3",
+        "offload.optimizer.nvme_path=/local_nvme",
+        "offload.param.nvme_path=/local_nvme",
+    ],
+    ("comm", "overlap_quantized"): ["parallel.zero_stage=3"],
+    ("comm", "hierarchical"): ["parallel.zero_stage=3"],
+    ("comm", "zeropp"): ["parallel.zero_stage=3"],
+}
 
 
 def _select(group: str, name: str) -> str:
@@ -68,6 +82,7 @@ def test_every_config_file_composes(compose, group, name):
 def test_every_other_config_file_validates_on_its_planned_cluster(typed_config, group, name):
     """model/ and parallel/ files have their own world-size tests below."""
     extra = CUDA_CLUSTER if (group, name) in NEEDS_CUDA else []
+    extra = [*extra, *NEEDS_OVERRIDES.get((group, name), [])]
     if group == "cluster":  # one sample per data-parallel rank, whatever the cluster's size
         facts = OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
         world = facts.get("num_nodes", 1) * facts.get("gpus_per_node", 1)
@@ -190,7 +205,13 @@ def test_dry_run_prints_the_plan(tmp_path, typed_config):
     ds_config = json.loads(ds_text)
     layout = validate(config, 8, cuda_available=False, planned=True).layout
     assert ds_config == build_deepspeed_config(
-        layout, config.parallel, config.optim, config.precision, config.trainer.max_steps
+        layout,
+        config.parallel,
+        config.optim,
+        config.precision,
+        config.trainer.max_steps,
+        offload=config.offload,
+        comm=config.comm,
     )
     assert ds_config["train_batch_size"] == 8
     assert (

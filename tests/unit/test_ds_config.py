@@ -31,6 +31,36 @@ CASES: dict[str, tuple[list[str], int]] = {
     "dp_zero3_bf16_w2": (["parallel=dp", "parallel.zero_stage=3", "precision=bf16"], 2),
     "dp_fp16_w2": (["parallel=dp", "precision=fp16", "cluster.device=cuda", "cluster.backend=nccl"], 2),
     "tp2_pp2_w8_gbs16": (["parallel=tp2_pp2", "parallel.global_batch_size=16"], 8),
+    "dp_zero2_offload_optimizer_overlap_w2": (
+        ["parallel=dp", "parallel.zero_stage=2", "offload=optimizer_cpu", "comm=overlap"],
+        2,
+    ),
+    "dp_zero3_offload_params_bf16_w2": (
+        ["parallel=dp", "parallel.zero_stage=3", "offload=params_cpu", "precision=bf16"],
+        2,
+    ),
+    "dp_zero3_offload_nvme_w2": (
+        [
+            "parallel=dp",
+            "parallel.zero_stage=3",
+            "offload=params_nvme",
+            "offload.optimizer.nvme_path=/local_nvme",
+            "offload.param.nvme_path=/local_nvme",
+        ],
+        2,
+    ),
+    "dp_zero3_zeropp_cuda_w8": (
+        [
+            "parallel=dp",
+            "parallel.zero_stage=3",
+            "parallel.micro_batch_size=1",
+            "comm=zeropp",
+            "comm.reduce_bucket_size=50000000",
+            "comm.grad_accum_dtype=fp32",
+            "cluster=h100_8x1",
+        ],
+        8,
+    ),
 }
 EXPECTED_BATCH = {  # (train_batch_size, micro, accumulation, data parallel), worked out by hand
     "single_fp32_w1": (8, 2, 4, 1),
@@ -38,7 +68,20 @@ EXPECTED_BATCH = {  # (train_batch_size, micro, accumulation, data parallel), wo
     "dp_zero3_bf16_w2": (8, 2, 2, 2),
     "dp_fp16_w2": (8, 2, 2, 2),
     "tp2_pp2_w8_gbs16": (16, 2, 4, 2),
+    "dp_zero2_offload_optimizer_overlap_w2": (8, 2, 2, 2),
+    "dp_zero3_offload_params_bf16_w2": (8, 2, 2, 2),
+    "dp_zero3_offload_nvme_w2": (8, 2, 2, 2),
+    "dp_zero3_zeropp_cuda_w8": (8, 1, 1, 8),
 }
+# The groups' defaults (offload=none, comm=default) must leave these byte-identical to what they
+# were before the groups existed.
+BEFORE_OFFLOAD_AND_COMM = [
+    "single_fp32_w1",
+    "tp2_zero2_w4",
+    "dp_zero3_bf16_w2",
+    "dp_fp16_w2",
+    "tp2_pp2_w8_gbs16",
+]
 
 
 def generate(typed_config, name: str) -> tuple[dict[str, Any], Layout]:
@@ -46,7 +89,13 @@ def generate(typed_config, name: str) -> tuple[dict[str, Any], Layout]:
     config = typed_config(overrides)
     layout = validate(config, world_size, cuda_available=config.cluster.device == "cuda").layout
     ds_config = build_deepspeed_config(
-        layout, config.parallel, config.optim, config.precision, config.trainer.max_steps
+        layout,
+        config.parallel,
+        config.optim,
+        config.precision,
+        config.trainer.max_steps,
+        offload=config.offload,
+        comm=config.comm,
     )
     return ds_config, layout
 
@@ -138,3 +187,54 @@ def test_deepspeed_parses_the_config(typed_config, parsed_by_deepspeed, name):
     assert parsed["scheduler"] == "WarmupCosineLR"
     # DeepSpeed's batch check is live: the same dict on one more replica is refused.
     assert parsed["wrong_world_refused"]
+    zero = ds_config["zero_optimization"]
+    assert parsed["offload_optimizer"] == zero.get("offload_optimizer", {}).get("device")
+    assert parsed["offload_param"] == zero.get("offload_param", {}).get("device")
+    assert parsed["overlap_comm"] == zero.get("overlap_comm", zero["stage"] == 3)  # DeepSpeed's default
+    assert parsed["reduce_bucket_size"] == zero.get("reduce_bucket_size", 500_000_000)
+    assert parsed["zero_hpz_partition_size"] == zero.get("zero_hpz_partition_size", 1)
+    assert parsed["zero_quantized_weights"] == zero.get("zero_quantized_weights", False)
+    assert parsed["zero_quantized_gradients"] == zero.get("zero_quantized_gradients", False)
+    assert parsed["grad_accum_dtype"] == ds_config.get("data_types", {}).get("grad_accum_dtype")
+    if "offload_optimizer" in zero:  # DeepSpeed then builds DeepSpeedCPUAdam, not torch's AdamW
+        assert not parsed["torch_adam"]
+    if zero.get("offload_optimizer", {}).get("device") == "nvme":
+        assert parsed["nvme_path"] == "/local_nvme"
+        assert parsed["aio_queue_depth"] == ds_config["aio"]["queue_depth"]
+
+
+def test_defaults_of_the_offload_and_comm_groups_add_nothing(typed_config):
+    config = typed_config([])
+    assert (config.offload.name, config.comm.name) == ("none", "default")
+    layout = validate(config, 1, cuda_available=False).layout
+    args = (layout, config.parallel, config.optim, config.precision, 100)
+    assert build_deepspeed_config(*args, offload=config.offload, comm=config.comm) == build_deepspeed_config(
+        *args
+    )
+    assert set(BEFORE_OFFLOAD_AND_COMM) < set(CASES)
+
+
+def test_optimizer_offload_keeps_the_adamw_math_and_lets_deepspeed_pick_cpu_adam(typed_config):
+    plain, _ = generate(typed_config, "dp_zero3_bf16_w2")
+    offloaded, _ = generate(typed_config, "dp_zero3_offload_params_bf16_w2")
+    assert offloaded["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert offloaded["zero_optimization"]["offload_param"] == {"device": "cpu", "pin_memory": True}
+    params = offloaded["optimizer"]["params"]
+    assert "torch_adam" not in params and params["adam_w_mode"] is True
+    assert {k: v for k, v in plain["optimizer"]["params"].items() if k != "torch_adam"} == params
+    assert "aio" not in offloaded  # only NVMe reads the aio block
+
+
+def test_comm_keys_map_one_to_one(typed_config):
+    ds, _ = generate(typed_config, "dp_zero3_zeropp_cuda_w8")
+    zero = ds["zero_optimization"]
+    assert zero == {
+        "stage": 3,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": 50_000_000,
+        "zero_quantized_weights": True,
+        "zero_quantized_gradients": True,
+        "zero_hpz_partition_size": 8,
+    }
+    assert ds["data_types"] == {"grad_accum_dtype": "fp32"}

@@ -370,6 +370,113 @@ BAD_CONFIGS = [
         r"parallel\.zero_stage: 3 — ZeRO-3 partitions the weights that pruning and the export read whole",
         "compression-with-zero3",
     ),
+    bad(
+        ["offload=optimizer_cpu"],
+        1,
+        r"offload\.optimizer\.device: 'cpu' needs ZeRO 1, 2 or 3 .*parallel\.zero_stage is 0; set "
+        r"parallel\.zero_stage=2 or offload=none",
+        "optimizer-offload-at-zero0",
+    ),
+    bad(
+        ["offload=params_cpu", "parallel.zero_stage=2"],
+        1,
+        r"offload\.param\.device: 'cpu' needs ZeRO 3 .*parallel\.zero_stage is 2; set parallel\.zero_stage=3 "
+        r"or offload=optimizer_cpu",
+        "param-offload-below-zero3",
+    ),
+    bad(
+        ["parallel=pp2", "parallel.zero_stage=1", "offload=params_cpu"],
+        2,
+        r"offload\.param\.device: 'cpu' needs ZeRO 3, which DeepSpeed's pipeline engine .*use "
+        r"offload=optimizer_cpu parallel\.zero_stage=1",
+        "param-offload-with-pipeline",
+    ),
+    bad(
+        ["offload=optimizer_nvme", "parallel.zero_stage=3"],
+        1,
+        r"offload\.optimizer\.nvme_path: not set; .*set offload\.optimizer\.nvme_path=/local_nvme",
+        "nvme-offload-without-path",
+    ),
+    bad(
+        ["offload=optimizer_nvme", "parallel.zero_stage=2", "offload.optimizer.nvme_path=/local_nvme"],
+        1,
+        r"offload\.optimizer\.device: 'nvme' swaps through ZeRO-Infinity, which needs ZeRO 3 .*set "
+        r"parallel\.zero_stage=3 or offload\.optimizer\.device=cpu",
+        "nvme-offload-below-zero3",
+    ),
+    bad(
+        ["offload.optimizer.device=gpu", "parallel.zero_stage=1"],
+        1,
+        r"offload\.optimizer\.device: 'gpu' is unknown; use none, cpu or nvme",
+        "offload-device-unknown",
+    ),
+    bad(
+        ["comm=overlap_quantized", "parallel=dp", "parallel.zero_stage=3"],
+        2,
+        r"comm\.zero_quantized_weights: true needs DeepSpeed's CUDA quantizer kernels .*set "
+        r"comm\.zero_quantized_weights=false",
+        "quantized-weights-on-cpu",
+    ),
+    bad(
+        ["comm.zero_quantized_gradients=true", "parallel=dp", "parallel.zero_stage=2"],
+        2,
+        r"comm\.zero_quantized_gradients: true is ZeRO\+\+, which quantizes ZeRO-3 collectives, but "
+        r"parallel\.zero_stage is 2; set parallel\.zero_stage=3",
+        "quantized-gradients-below-zero3",
+    ),
+    bad(
+        ["parallel=dp", "parallel.zero_stage=1", "comm.zero_hpz_partition_size=2"],
+        2,
+        r"comm\.zero_hpz_partition_size: 2 \(ZeRO\+\+ hpZ\) .*parallel\.zero_stage is 1; set "
+        r"parallel\.zero_stage=3",
+        "hpz-below-zero3",
+    ),
+    bad(
+        ["parallel=dp", "parallel.zero_stage=3", "comm.zero_hpz_partition_size=4"],
+        2,
+        r"comm\.zero_hpz_partition_size: 4 does not divide the data-parallel size 2",
+        "hpz-not-dividing-dp",
+    ),
+    bad(
+        [
+            "parallel=dp",
+            "parallel.zero_stage=3",
+            "comm.zero_hpz_partition_size=4",
+            "cluster.num_nodes=2",
+            "cluster.gpus_per_node=2",
+        ],
+        4,
+        r"comm\.zero_hpz_partition_size: 4 does not divide the 2 processes per node, so hpZ groups would "
+        r"span nodes; set comm\.zero_hpz_partition_size=2",
+        "hpz-spanning-nodes",
+        planned=True,
+    ),
+    bad(
+        ["parallel=tp2", "parallel.zero_stage=3", "comm.zero_hpz_partition_size=2"],
+        4,
+        r"comm\.zero_hpz_partition_size: 2 with tensor_model_parallel_size 2 — DeepSpeed forms hpZ groups "
+        r"from consecutive global ranks",
+        "hpz-with-tensor-parallel",
+    ),
+    bad(
+        ["precision=bf16", "comm.grad_accum_dtype=fp32"],
+        1,
+        r"comm\.grad_accum_dtype: 'fp32' differs from the bf16 model, .*set parallel\.zero_stage=1",
+        "grad-accum-dtype-at-zero0",
+    ),
+    bad(
+        ["parallel.zero_stage=1", "comm.grad_accum_dtype=bf16"],
+        1,
+        r"comm\.grad_accum_dtype: 'bf16' with precision fp32 — gradients accumulate in fp32 or in the "
+        r"model's dtype",
+        "grad-accum-dtype-below-fp32",
+    ),
+    bad(
+        ["parallel.zero_stage=2", "comm.reduce_bucket_size=0"],
+        1,
+        r"comm\.reduce_bucket_size: 0 must be a positive number of elements",
+        "reduce-bucket-zero",
+    ),
 ]
 
 
@@ -486,3 +593,32 @@ def test_key_added_with_plus_that_the_schema_lacks_is_refused(compose):
         ConfigError, match=r"model\.hiden_size: not a key of ModelConfig; remove the override"
     ):
         to_typed(compose(["+model.hiden_size=3"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "world_size"),
+    [
+        (["offload=optimizer_cpu", "parallel.zero_stage=1"], 1),
+        (["offload=optimizer_cpu", "parallel=dp", "parallel.zero_stage=2", "comm=overlap"], 2),
+        (["offload=params_cpu", "parallel=dp", "parallel.zero_stage=3"], 2),
+        (["offload=optimizer_cpu", "parallel=pp2", "parallel.zero_stage=1"], 2),
+        (["parallel=dp", "parallel.zero_stage=3", "comm.zero_hpz_partition_size=2"], 2),
+        (["precision=bf16", "parallel=dp", "parallel.zero_stage=1", "comm.grad_accum_dtype=fp32"], 2),
+    ],
+    ids=["opt-z1", "opt-z2-overlap", "params-z3", "opt-pipeline-z1", "hpz2-dp2", "bf16-fp32-accum"],
+)
+def test_offload_and_comm_combinations_that_run_on_cpu_validate(typed_config, overrides, world_size):
+    assert validate(typed_config(overrides), world_size, cuda_available=False).layout.world_size == world_size
+
+
+def test_zeropp_validates_on_a_gpu_cluster_and_qgz_on_one_node_warns(typed_config):
+    zeropp = ["comm=zeropp", "parallel=dp", "parallel.zero_stage=3", "parallel.micro_batch_size=1"]
+    config = typed_config([*zeropp, "cluster=h100_8x1"])
+    assert config.comm.zero_hpz_partition_size == 8  # ${cluster.gpus_per_node}
+    verdict = validate(config, 8, cuda_available=True, planned=True)
+    assert any(
+        w.startswith("comm.zero_quantized_gradients: DeepSpeed uses the quantized all-to-all only")
+        for w in verdict.warnings
+    )
+    multi = typed_config([*zeropp, "cluster=h100_8x4", "parallel.global_batch_size=32"])
+    assert not validate(multi, 32, cuda_available=True, planned=True).warnings

@@ -32,6 +32,31 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _zero_and_offload(parsed) -> dict:
+    """What DeepSpeed's own parser made of the offload and communication keys."""
+    zero = parsed.zero_config
+    offload_optimizer, offload_param = zero.offload_optimizer, zero.offload_param
+    return {
+        "offload_optimizer": getattr(offload_optimizer.device, "value", offload_optimizer.device)
+        if offload_optimizer
+        else None,
+        "offload_param": getattr(offload_param.device, "value", offload_param.device)
+        if offload_param
+        else None,
+        "nvme_path": str(offload_optimizer.nvme_path)
+        if offload_optimizer and offload_optimizer.nvme_path
+        else None,
+        "overlap_comm": zero.overlap_comm,
+        "reduce_bucket_size": zero.reduce_bucket_size,
+        "zero_hpz_partition_size": zero.zero_hpz_partition_size,
+        "zero_quantized_weights": zero.zero_quantized_weights,
+        "zero_quantized_gradients": zero.zero_quantized_gradients,
+        "grad_accum_dtype": parsed.grad_accum_dtype,
+        "torch_adam": bool((parsed.optimizer_params or {}).get("torch_adam", False)),
+        "aio_queue_depth": parsed.aio_config["queue_depth"],
+    }
+
+
 def main() -> None:
     cases = json.loads(sys.stdin.read())
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
@@ -65,6 +90,7 @@ def main() -> None:
                     "optimizer": parsed.optimizer_name,
                     "scheduler": parsed.scheduler_name,
                     "wrong_world_refused": wrong_world_refused,
+                    **_zero_and_offload(parsed),
                 }
             )
     finally:
