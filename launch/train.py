@@ -68,7 +68,7 @@ def main(cfg: DictConfig) -> None:
         if env.is_rank0:
             for note in verdict.warnings:
                 print(f"warning: {note}", file=sys.stderr)
-        from integration.checkpoint import checkpoint_root, find_resume_point
+        from integration.checkpoint import LayoutRecord, checkpoint_root, find_resume_point
         from integration.data import check_data_files
 
         check_data_files(config.data)
@@ -77,8 +77,7 @@ def main(cfg: DictConfig) -> None:
             resume = find_resume_point(
                 checkpoint_root(config.checkpoint, Path(config.run.dir)),
                 config.model,
-                verdict.layout,
-                config.parallel.zero_stage,
+                LayoutRecord.of(verdict.layout, config.parallel, config.precision.dtype),
                 report=env.local_rank == 0,
             )
     except ConfigError as err:
@@ -114,7 +113,7 @@ def train(
     import torch
 
     from integration import distributed
-    from integration.checkpoint import Checkpointer, checkpoint_root
+    from integration.checkpoint import Checkpointer, LayoutRecord, checkpoint_root
     from integration.metrics import MetricsLog, Progress, write_run_config
     from integration.model_size import flops_per_token
     from integration.perf import Throughput
@@ -150,8 +149,8 @@ def train(
             config.checkpoint,
             checkpoint_root(config.checkpoint, run_dir),
             config.model,
-            layout,
-            config.parallel.zero_stage,
+            LayoutRecord.of(layout, config.parallel, config.precision.dtype),
+            seed=config.trainer.seed,
             stateful={"stability": monitor},
         )
         first_step = checkpointer.load(resume) if resume is not None else 0
