@@ -395,7 +395,7 @@ class Checkpointer:
 
         saved = point.saved
         target = point.root / CONVERTED / point.tag
-        if not is_converted(target):
+        if not is_converted(point.root / point.tag, target):
             start = time.perf_counter()
             convert(
                 point.root / point.tag,

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,15 @@ def _load(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def is_converted(target: Path) -> bool:
-    return (target / DONE).exists()
+def _marker_crc(source: Path) -> int:
+    """Identifies the source checkpoint's contents (its complete.json lists every file's CRC)."""
+    return zlib.crc32((source / "complete.json").read_bytes())
+
+
+def is_converted(source: Path, target: Path) -> bool:
+    """A finished conversion of this very checkpoint (not of an earlier one with the same tag)."""
+    done = target / DONE
+    return done.exists() and json.loads(done.read_text()).get("source_crc32") == _marker_crc(source)
 
 
 def param_file(target: Path, canonical: str) -> Path:
@@ -96,7 +104,12 @@ def convert(
         state = _resume_state(source, RankManifest.read(source, 0))
         torch.save(state, partial / STATE_FILE)
         shutil.rmtree(partial / _FRAGMENTS)
-        done = {"source": source.name, "step": state.get("step"), "params": sorted(table)}
+        done = {
+            "source": source.name,
+            "source_crc32": _marker_crc(source),
+            "step": state.get("step"),
+            "params": sorted(table),
+        }
         (partial / DONE).write_text(json.dumps(done, indent=1))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(partial, target)
