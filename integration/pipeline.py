@@ -222,6 +222,41 @@ def build_pipeline_module(
     return module.to(TORCH_DTYPES[dtype])
 
 
+def dense_parameter_names(module) -> dict[str, str]:
+    """This stage's parameter names (`tied_modules.embed.embedding...`, `3.layer...`) mapped to
+    GPTModel's (`embedding...`, `decoder.layers.2...`): the stages hold the same Megatron-Core
+    modules, so only the path differs. Checkpoint conversion across layouts goes through these."""
+    names = {}
+    for prefix, part in module.named_modules():
+        if isinstance(part, EmbeddingPipe):
+            pairs = [
+                (f"{prefix}.embedding.{n}", f"embedding.{n}") for n, _ in part.embedding.named_parameters()
+            ]
+        elif isinstance(part, TransformerLayerPipe):
+            index = part.layer.layer_number - 1
+            pairs = [
+                (f"{prefix}.layer.{n}", f"decoder.layers.{index}.{n}")
+                for n, _ in part.layer.named_parameters()
+            ]
+        elif isinstance(part, FinalNormPipe):
+            pairs = [
+                (f"{prefix}.norm.{n}", f"decoder.final_layernorm.{n}")
+                for n, _ in part.norm.named_parameters()
+            ]
+        elif isinstance(part, OutputPipe):
+            pairs = [
+                (f"{prefix}.output_layer.{n}", f"output_layer.{n}")
+                for n, _ in part.output_layer.named_parameters()
+            ]
+        else:
+            continue
+        names.update(pairs)
+    unmapped = sorted({name for name, _ in module.named_parameters()} - set(names))
+    if unmapped:
+        raise RuntimeError(f"pipeline parameters with no GPTModel name: {unmapped}")
+    return names
+
+
 def check_topology_agrees(topology) -> None:
     """Every rank: DeepSpeed's pipeline topology and Megatron-Core's groups must put this rank in
     the same tensor, pipeline and data-parallel rank sets; otherwise gradients would be reduced over

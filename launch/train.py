@@ -68,7 +68,7 @@ def main(cfg: DictConfig) -> None:
         if env.is_rank0:
             for note in verdict.warnings:
                 print(f"warning: {note}", file=sys.stderr)
-        from integration.checkpoint import checkpoint_root, find_resume_point
+        from integration.checkpoint import LayoutRecord, checkpoint_root, find_resume_point
         from integration.data import check_data_files
         from integration.offload import check_offload_environment
 
@@ -79,9 +79,11 @@ def main(cfg: DictConfig) -> None:
             resume = find_resume_point(
                 checkpoint_root(config.checkpoint, Path(config.run.dir)),
                 config.model,
-                verdict.layout,
-                config.parallel.zero_stage,
+                LayoutRecord.of(verdict.layout, config.parallel, config.precision.dtype),
                 report=env.local_rank == 0,
+                layout_bound_state="pruning masks (saved per tensor-parallel shard)"
+                if config.compression.sparse_pruning.enabled
+                else None,
             )
     except ConfigError as err:
         if env.local_rank == 0:
@@ -116,7 +118,7 @@ def train(
     import torch
 
     from integration import distributed
-    from integration.checkpoint import Checkpointer, checkpoint_root
+    from integration.checkpoint import Checkpointer, LayoutRecord, checkpoint_root
     from integration.metrics import MetricsLog, Progress, write_run_config
     from integration.model_size import flops_per_token
     from integration.perf import Throughput
@@ -156,8 +158,8 @@ def train(
             config.checkpoint,
             checkpoint_root(config.checkpoint, run_dir),
             config.model,
-            layout,
-            config.parallel.zero_stage,
+            LayoutRecord.of(layout, config.parallel, config.precision.dtype),
+            seed=config.trainer.seed,
             stateful={"stability": monitor, **({"compression": compression} if compression else {})},
         )
         first_step = checkpointer.load(resume) if resume is not None else 0

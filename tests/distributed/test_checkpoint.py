@@ -1,7 +1,9 @@
-"""Checkpoints: bitwise continuation after a kill -9 or a stop, verified fallback, clear refusals."""
+"""Checkpoints: bitwise continuation after a kill -9 or a stop, verified fallback, resume on another
+layout, clear refusals."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -9,6 +11,7 @@ import time
 import psutil
 import pytest
 
+from integration.checkpoint import _problem, tag_for
 from tests.distributed.launch import ROOT, command, train
 
 # 20 steps with a schedule that does not depend on trainer.max_steps, so a run stopped at step 12
@@ -115,10 +118,13 @@ def test_unfinished_save_is_ignored_and_resume_refuses_another_model_or_layout(t
     assert "step_00000010 skipped: incomplete" in other_model.output  # the newest was not trusted
     assert "Traceback" not in other_model.output
 
-    other_layout = train(run_dir, overrides, nprocs=2, check=False)
-    assert other_layout.returncode == 2
-    assert "data_parallel 1, zero_stage 0; this launch asks for" in other_layout.output
-    assert "Traceback" not in other_layout.output
+    other_batch = train(
+        run_dir, overrides + ["parallel.global_batch_size=16"], launcher="python", check=False
+    )
+    assert other_batch.returncode == 2
+    assert "config error: parallel.global_batch_size: 16, but the checkpoint" in other_batch.output
+    assert "set parallel.global_batch_size=8" in other_batch.output.lower()
+    assert "Traceback" not in other_batch.output
 
 
 def test_stability_state_survives_a_resume(tmp_path):
@@ -143,3 +149,114 @@ def test_stability_state_survives_a_resume(tmp_path):
     resumed = scores(run_dir)
     assert resumed == reference
     assert all(score != 0.0 for score, _ in (resumed[s] for s in range(13, 21)))
+
+
+# Resume on another layout. A run on the old layout saves at step 5 and goes on to step 10 (the
+# reference); a copy of its run directory cut back to the step-5 checkpoint is relaunched with the
+# new layout, the same command otherwise.
+CROSS = RUN + ["checkpoint.keep_last=0", "trainer.max_steps=10"]
+CROSS_STOP, CROSS_END = 5, 10
+LAYOUTS = {  # name: (processes, launcher, overrides)
+    "single": (1, "python", ["parallel=single"]),  # ZeRO 0: torch optimizer
+    "dp": (2, "deepspeed", ["parallel=dp"]),  # DP2, ZeRO 1
+    "tp2": (2, "deepspeed", ["parallel=tp2"]),  # TP2, ZeRO 1
+    "pp2": (2, "deepspeed", ["parallel=pp2"]),  # pipeline engine, ZeRO 1
+    "dp-zero3": (2, "deepspeed", ["parallel=dp", "parallel.zero_stage=3"]),
+    "tp2-zero3": (2, "deepspeed", ["parallel=tp2", "parallel.zero_stage=3"]),
+    "single-bf16": (1, "python", ["parallel=single", "precision=bf16"]),  # FP16_UnfusedOptimizer
+    "dp-bf16": (2, "deepspeed", ["parallel=dp", "precision=bf16"]),  # ZeRO 1 in bf16
+    "tp2-pp2": (4, "deepspeed", ["parallel=tp2_pp2"]),  # pipeline engine with tensor parallel stages
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Reference runs on the old layouts, each launched once for the whole module."""
+    runs = {}
+
+    def run(name):
+        if name not in runs:
+            nprocs, launcher, overrides = LAYOUTS[name]
+            run_dir = tmp_path_factory.mktemp(name) / "run"
+            runs[name] = train(run_dir, CROSS + overrides, nprocs=nprocs, launcher=launcher).run_dir
+        return runs[name]
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("dp", "single"),  # data parallel 2 -> 1, ZeRO 1 -> 0
+        ("single", "tp2"),  # tensor parallel 1 -> 2, ZeRO 0 -> 1
+        ("dp", "pp2"),  # plain engine -> pipeline engine
+        ("pp2", "single"),  # pipeline engine -> plain engine, ZeRO 1 -> 0
+        ("dp-zero3", "tp2-zero3"),  # ZeRO 3 across a tensor-parallel change
+        ("dp-zero3", "tp2-pp2"),  # the issue's example: data parallel -> 3D layout
+        ("single-bf16", "dp-bf16"),  # bf16: fp32 masters carried over, bf16 weights cut from them
+    ],
+)
+def test_resume_on_another_layout_continues_the_old_curve(uninterrupted, tmp_path, old, new):
+    reference_dir = uninterrupted(old)
+    reference = losses_by_step(reference_dir)
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_dir, run_dir)
+    shutil.rmtree(run_dir / "checkpoints" / tag_for(CROSS_END))
+    source = run_dir / "checkpoints" / tag_for(CROSS_STOP)
+    source_files = json.loads((source / "complete.json").read_text())["files"]
+
+    nprocs, launcher, overrides = LAYOUTS[new]
+    resumed = train(run_dir, CROSS + overrides, nprocs=nprocs, launcher=launcher)
+    assert f"converted {tag_for(CROSS_STOP)}" in resumed.output
+    assert f"at step {CROSS_STOP}" in resumed.output
+
+    after = losses_by_step(run_dir)  # also: no step logged twice
+    assert sorted(after) == list(range(1, CROSS_END + 1))
+    first = CROSS_STOP + 1
+    assert after[first] == pytest.approx(reference[first], rel=1e-4, abs=0), "first step after the resume"
+    for step in range(first, CROSS_END + 1):
+        assert after[step] == pytest.approx(reference[step], rel=1e-4, abs=0), f"step {step}"
+    # A repeated or skipped batch would show: no resumed loss also matches a neighbouring step's.
+    for step in range(first, CROSS_END + 1):
+        for neighbour in (step - 1, step + 1):
+            if neighbour in reference:
+                assert after[step] != pytest.approx(reference[neighbour], rel=1e-4, abs=0), (step, neighbour)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["samples"] for r in rows if r["step"] >= first] == [8 * s for s in range(first, CROSS_END + 1)]
+
+    assert _problem(source) is None  # the source checkpoint still verifies, untouched
+    assert json.loads((source / "complete.json").read_text())["files"] == source_files
+    written = json.loads((run_dir / "checkpoints" / tag_for(CROSS_END) / "complete.json").read_text())
+    new_layout = resumed_layout(run_dir)
+    assert {k: written["layout"][k] for k in new_layout} == new_layout
+
+
+def resumed_layout(run_dir):
+    """tp/pp/dp/ZeRO of the resolved config the resumed launch wrote."""
+    config = (run_dir / "config.yaml").read_text()
+
+    def value(key):
+        return int(
+            next(line.split(":")[1] for line in config.splitlines() if line.strip().startswith(key + ":"))
+        )
+
+    return {
+        "tensor_parallel": value("tensor_model_parallel_size"),
+        "pipeline_parallel": value("pipeline_model_parallel_size"),
+        "zero_stage": value("zero_stage"),
+    }
+
+
+def test_1d_checkpoint_is_not_resumed_as_2d(tmp_path):
+    """Both layouts have tp = 4; without the recorded flag the load used to fail on shapes."""
+    run_dir = tmp_path / "run"
+    tp4 = ["parallel=tp2", "parallel.tensor_model_parallel_size=4", "parallel.zero_stage=0"]
+    train(run_dir, RUN + tp4 + ["trainer.max_steps=2"], nprocs=4)
+    meta = json.loads((run_dir / "checkpoints" / tag_for(2) / "complete.json").read_text())
+    assert meta["layout"]["tensor_parallel_2d"] is False
+
+    as_2d = train(run_dir, RUN + ["parallel=tp2d_2x2", "trainer.max_steps=4"], nprocs=4, check=False)
+    assert as_2d.returncode == 2
+    assert "config error: parallel.tensor_parallel_2d: the checkpoint" in as_2d.output
+    assert "not converted to or from another layout" in as_2d.output
+    assert "Traceback" not in as_2d.output

@@ -111,7 +111,7 @@ def identical(a, b) -> bool:
 
 report = {"rank": dist.get_rank(), "dp_rank": dp_rank, "steps": []}
 if plan.get("rollback"):
-    from integration.checkpoint import Checkpointer, checkpoint_root
+    from integration.checkpoint import Checkpointer, LayoutRecord, checkpoint_root
     from integration.metrics import MetricsLog, Progress
     from integration.perf import Throughput
     from integration.trainer import TrainLoop
@@ -123,8 +123,8 @@ if plan.get("rollback"):
         config.checkpoint,
         checkpoint_root(config.checkpoint, run_dir),
         config.model,
-        layout,
-        config.parallel.zero_stage,
+        LayoutRecord.of(layout, config.parallel, config.precision.dtype),
+        seed=config.trainer.seed,
         stateful={"stability": monitor},
     )
     saved = {}
