@@ -17,6 +17,7 @@ from integration.planner.memory import (
     RECOMPUTE,
     ActivationShape,
     StageMemory,
+    describe_components,
     stage_memory,
     stage_parameters,
 )
@@ -166,7 +167,13 @@ def plan_layouts(config: TrainConfig, settings: PlannerSettings | None = None) -
         if plan.reasons:
             continue
         shape = ActivationShape(
-            c.micro_batch_size, c.tp, c.sequence_parallel, c.recompute, settings.flash_attention, dtype
+            c.micro_batch_size,
+            c.tp,
+            c.sequence_parallel,
+            c.recompute,
+            settings.flash_attention,
+            dtype,
+            torch_norms=not on_gpu,
         )
         stages = sorted({0, c.pp - 1})
         per_stage = [
@@ -200,12 +207,10 @@ def plan_layouts(config: TrainConfig, settings: PlannerSettings | None = None) -
         plan.tokens_per_s = tokens_per_step / plan.time.total
         plan.mfu = model_flops / (plan.time.total * world * peak)
         if plan.memory_total > limit:
-            m = plan.memory
             plan.reasons.append(
-                f"memory: needs {plan.memory_total / GIB:.1f} GiB per GPU on stage {m.stage} (model states "
-                f"{m.states.total / GIB:.1f}, activations {m.activations / GIB:.1f}, logits "
-                f"{m.logits / GIB:.1f}, ZeRO buffers {m.buffers / GIB:.1f}, reserved {reserved / GIB:.1f}) "
-                f"> cluster.gpu_memory_gib {cluster.gpu_memory_gib:g}"
+                f"memory: needs {plan.memory_total / GIB:.1f} GiB per GPU on stage {plan.memory.stage} "
+                f"({describe_components(plan.memory, reserved)}) > cluster.gpu_memory_gib "
+                f"{cluster.gpu_memory_gib:g}"
             )
         host_need = plan.memory.states.host * cluster.gpus_per_node
         if host_need and cluster.host_memory_gib and host_need > cluster.host_memory_gib * GIB:

@@ -23,6 +23,7 @@ from integration.planner.memory import (
     layer_activation_bytes,
     logits_bytes,
     model_states,
+    output_layer_bytes,
     stage_parameters,
 )
 from integration.planner.timing import (
@@ -148,6 +149,62 @@ def test_logits_are_fp32_and_split_over_tp():
         seq_length = 2048
 
     assert logits_bytes(M, 50304, 2, 4) == 4 * 2048 * 2 * 50304 / 4
+
+
+def test_output_layer_is_korthikanti_section_4_3(gpt_shape):
+    """4sbh/t·(1 + v/h) with sequence parallelism at 2 bytes: the final norm's and the output
+    layer's inputs (2sbh each), and the fp32 logits 4sbv/t."""
+    v = 50304
+    shape = ActivationShape(B, T, True, "none", True, "bf16")
+    assert output_layer_bytes(gpt_shape, v, shape) == pytest.approx(4 * SBH / T * (1 + v / H))
+    # Without sequence parallelism the two inputs are replicated over tp; the logits stay split.
+    replicated = ActivationShape(B, T, False, "none", True, "bf16")
+    assert output_layer_bytes(gpt_shape, v, replicated) == pytest.approx(4 * SBH + 4 * S * B * v / T)
+
+
+def test_llama_terms_beyond_the_paper(typed_config):
+    """What Megatron-Core keeps in a Llama layer beyond Korthikanti's GPT layer, term by term
+    (measured in tests/distributed/test_planner_measured.py)."""
+    llama = typed_config(["model=llama_tiny", "stability=off"]).model
+    s, b, h, ffn = llama.seq_length, 2, llama.hidden_size, llama.ffn_hidden_size
+    kv = llama.num_query_groups * h // llama.num_attention_heads
+    e = 4
+
+    def act(model, **kw):
+        return layer_activation_bytes(model, ActivationShape(b, 1, False, "none", True, "fp32", **kw))
+
+    lse = llama.num_attention_heads * s * b * 4
+    # TE norms: 4sbh of norm inputs / outputs; Q, K, V + attention output; RoPE's rotated Q and K;
+    # SwiGLU: the fc1 output (2ffn), silu(x1), x2 + offset and their product (3ffn).
+    expected = s * b * e * (4 * h + (h + 2 * kv + h) + (h + kv) + 2 * ffn + 3 * ffn) + lse
+    assert act(llama) == pytest.approx(expected)
+    # torch's composite RMSNorm keeps an fp32 input and an fp32 normalised input (8 bytes/element).
+    assert act(llama, torch_norms=True) - act(llama) == pytest.approx(s * b * h * 2 * (8 - e))
+    # QK-norm (TE): the GQA query copy the norm keeps; with torch's RMSNorm also the fp32 normalised Q, K.
+    qk = dataclasses.replace(llama, qk_layernorm=True)
+    assert act(qk) - act(llama) == pytest.approx(s * b * h * e)
+    assert act(qk, torch_norms=True) - act(llama, torch_norms=True) == pytest.approx(
+        s * b * (h * e + (h + kv) * 4)
+    )
+
+
+def test_full_recompute_peak_is_in_backward_without_the_output_layer(typed_config):
+    """Full recompute: the stage peak is the kept layer inputs plus one recomputed layer (its input
+    is the kept checkpoint), or the output layer at the end of forward, whichever is larger."""
+    from integration.planner.memory import recompute_working_bytes, stage_memory
+
+    config = typed_config(["model=gpt_tiny", "stability=off"])
+    model, vocab = config.model, _vocab(config)
+    full = ActivationShape(2, 1, False, "full", True, "fp32")
+    none = ActivationShape(2, 1, False, "none", True, "fp32")
+    layer_input = model.seq_length * 2 * model.hidden_size * 4
+    assert recompute_working_bytes(model, full) == pytest.approx(
+        layer_activation_bytes(model, none) - layer_input
+    )
+    m = stage_memory(model, vocab, 1, 1, 1, 0, 0, "none", 1, full)
+    assert m.activations == pytest.approx(model.num_layers * layer_input)
+    assert m.peak_activations == pytest.approx(m.activations + max(m.output_layer, m.recompute))
+    assert stage_memory(model, vocab, 1, 1, 1, 0, 0, "none", 1, none).recompute == 0
 
 
 def test_first_pipeline_stage_holds_p_micro_batches(typed_config):
