@@ -273,3 +273,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     dry_run: bool = False
     """Validate and print the plan (groups, DeepSpeed config, parameter count) without training."""
+    force_layout: bool = False
+    """Launch a layout that validation refuses on the cluster's facts — predicted not to fit
+    cluster.gpu_memory_gib, or tensor parallelism wider than cluster.gpus_per_node — with a warning
+    that gives the planner's numbers instead of the refusal."""

@@ -110,7 +110,8 @@ def _config_for(base: TrainConfig, c: Candidate) -> TrainConfig:
     model = dataclasses.replace(
         base.model, recompute_granularity=None if c.recompute == "none" else c.recompute
     )
-    return dataclasses.replace(base, parallel=parallel, model=model)
+    # Forced: a layout over the memory limit or with tp wider than a node is ranked here, not refused.
+    return dataclasses.replace(base, parallel=parallel, model=model, force_layout=True)
 
 
 def _offload_problems(c: Candidate) -> list[str]:
@@ -160,7 +161,11 @@ def plan_layouts(config: TrainConfig, settings: PlannerSettings | None = None) -
                 planned=True,
                 fused_norms_available=on_gpu,
             )
-            plan.warnings = [w for w in verdict.warnings if not w.startswith("pipeline: bubble")]
+            plan.warnings = [
+                w
+                for w in verdict.warnings
+                if not w.startswith(("pipeline: bubble", "cluster.gpu_memory_gib"))
+            ]
         except ConfigError as err:
             plan.reasons += _split(str(err))
         plan.reasons += _offload_problems(c)

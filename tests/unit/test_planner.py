@@ -373,15 +373,37 @@ def test_the_emitted_overrides_compose_and_validate_to_the_same_layout(h100_plan
     assert (again.model.recompute_granularity or "none") == c.recompute
 
 
-def test_validate_warns_when_tensor_parallel_spans_nodes(typed_config):
-    config = typed_config(["model=gpt_1p3b", "cluster=h100_8x4", "parallel.tensor_model_parallel_size=16"])
-    verdict = validate(config, 32, cuda_available=True, planned=True)
+def test_validate_refuses_tensor_parallel_wider_than_a_node_unless_forced(typed_config):
+    overrides = ["model=gpt_1p3b", "cluster=h100_8x4", "parallel.tensor_model_parallel_size=16"]
+    with pytest.raises(
+        ConfigError,
+        match=r"parallel\.tensor_model_parallel_size: 16 > cluster\.gpus_per_node\(8\), .* the planner "
+        r"predicts [\d.]+ s of tensor-parallel traffic in a [\d.]+ s step \(\d+%\); use "
+        r"parallel\.tensor_model_parallel_size<=8 .* or set force_layout=true",
+    ):
+        validate(typed_config(overrides), 32, cuda_available=True, planned=True)
+    forced = validate(typed_config([*overrides, "force_layout=true"]), 32, cuda_available=True, planned=True)
     assert any(
-        w.startswith("parallel.tensor_model_parallel_size: 16 does not divide cluster.gpus_per_node(8)")
-        for w in verdict.warnings
+        w.startswith("parallel.tensor_model_parallel_size: 16 > cluster.gpus_per_node(8)")
+        and w.endswith("launching anyway (force_layout=true)")
+        for w in forced.warnings
     )
     inside = typed_config(["model=gpt_1p3b", "cluster=h100_8x4", "parallel.tensor_model_parallel_size=8"])
     assert not validate(inside, 32, cuda_available=True, planned=True).warnings
+    # tp narrower than a node but not dividing it: some groups straddle two nodes, a warning.
+    six = typed_config(
+        [
+            "model=gpt_1p3b",
+            "cluster=h100_8x4",
+            "parallel.tensor_model_parallel_size=4",
+            "parallel.global_batch_size=12",
+        ]
+    )
+    six.cluster.gpus_per_node = 6
+    (warning,) = validate(six, 24, cuda_available=True, planned=True).warnings
+    assert warning.startswith(
+        "parallel.tensor_model_parallel_size: 4 does not divide cluster.gpus_per_node(6)"
+    )
 
 
 def test_plan_command_prints_the_table_and_emits_overrides():
