@@ -209,8 +209,15 @@ def _fitting_alternative(
     return choice, fit
 
 
-def _predicted_step(cfg: TrainConfig, layout: Layout, choice: LayoutChoice) -> StepTime | None:
-    """The planner's step time, or None where the cluster lacks a fact the time model needs."""
+def predicted_step(
+    cfg: TrainConfig,
+    layout: Layout,
+    choice: LayoutChoice | None = None,
+    settings: PlannerSettings | None = None,
+) -> StepTime | None:
+    """The planner's step time for this layout on cfg.cluster (`choice`: ZeRO stage, micro-batch and
+    recompute if not the config's), or None where the cluster lacks a fact the time model needs."""
+    choice = choice or _requested(cfg)
     model, vocab = cfg.model, _vocab(cfg)
     tp, pp, dp = layout.tensor_parallel, layout.pipeline_parallel, layout.data_parallel
     stage_params = max(
@@ -229,7 +236,7 @@ def _predicted_step(cfg: TrainConfig, layout: Layout, choice: LayoutChoice) -> S
         cfg.precision.dtype,
         stage_params,
     )
-    settings = PlannerSettings()
+    settings = settings or PlannerSettings()
     try:
         return step_time(
             model, vocab, cfg.cluster, inputs, settings.compute_efficiency, settings.cpu_adam_params_per_s
@@ -239,7 +246,7 @@ def _predicted_step(cfg: TrainConfig, layout: Layout, choice: LayoutChoice) -> S
 
 
 def _seconds(cfg: TrainConfig, layout: Layout, choice: LayoutChoice) -> float:
-    predicted = _predicted_step(cfg, layout, choice)
+    predicted = predicted_step(cfg, layout, choice)
     return predicted.total if predicted is not None else 0.0
 
 
@@ -253,7 +260,7 @@ def _tensor_parallel_problem(cfg: TrainConfig, layout: Layout) -> tuple[str, str
         f"parallel.tensor_model_parallel_size: {tp} > cluster.gpus_per_node({cluster.gpus_per_node}), so "
         "every tensor-parallel all-reduce (4 per layer per micro-batch) crosses the inter-node network"
     )
-    predicted = _predicted_step(cfg, layout, _requested(cfg))
+    predicted = predicted_step(cfg, layout)
     if predicted is not None and predicted.total > 0:
         message += (
             f": the planner predicts {predicted.tensor_parallel:.3g} s of tensor-parallel traffic in a "

@@ -114,6 +114,18 @@ class ClusterConfig:
     """PCIe bandwidth per device, one direction, GB/s (ZeRO-Offload transfers)."""
     hostfile: str | None = None
     """deepspeed runner --hostfile (lines `host slots=N`); None: the runner's default /job/hostfile."""
+    # CPU machines (device cpu), measured by integration/planner/calibrate.py; a GPU needs neither.
+    host_overhead_per_layer_us: float = 0.0
+    """Host (Python, dispatch) time per transformer layer per micro-batch, forward + backward, that
+    does not shrink with the batch. A GPU hides it behind its kernels (0); on a CPU it is on the
+    critical path."""
+    cores_per_node: float | None = None
+    """CPU cores the node's processes share; with more processes than cores each computes at
+    cores/processes of its speed. None: every process has its own device."""
+    zero3_tensor_overhead_us: float = 0.0
+    """DeepSpeed ZeRO-3 host time per parameter tensor per micro-batch (fetch/release hooks, the
+    gather and gradient reduce-scatter calls), beyond the α-β traffic. Hidden on a GPU (0);
+    measured on a CPU."""
 
 
 @dataclass

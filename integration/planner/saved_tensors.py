@@ -9,6 +9,7 @@ planner itself never does.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
@@ -74,3 +75,32 @@ class _Held:
 
     def __del__(self) -> None:
         self.meter._release(self.key)
+
+
+@dataclass(frozen=True)
+class ActivationMeasurement:
+    peak: int
+    """Most bytes of saved activations alive at once, forward and backward of one micro-batch."""
+    after_forward: int
+    """Alive when forward has finished."""
+    released: bool
+    """Nothing was left alive after backward (the meter saw every release)."""
+
+
+def measure_micro_batch(
+    gpt: torch.nn.Module, micro_batch_size: int, seq_length: int, seed: int
+) -> ActivationMeasurement:
+    """One micro-batch of random tokens through a Megatron-Core GPTModel with labels (the
+    vocab-parallel cross entropy included) and back, under a SavedTensorMeter."""
+    b, s = micro_batch_size, seq_length
+    tokens = torch.randint(0, 256, (b, s + 1), generator=torch.Generator().manual_seed(seed))
+    with SavedTensorMeter(gpt.parameters()) as meter:
+        per_token = gpt(
+            input_ids=tokens[:, :-1],
+            position_ids=torch.arange(s).expand(b, s),
+            attention_mask=None,
+            labels=tokens[:, 1:],
+        )
+        after_forward = meter.live
+        per_token.float().mean().backward()
+    return ActivationMeasurement(meter.peak, after_forward, meter.live == 0)

@@ -426,3 +426,65 @@ def test_plan_command_prints_the_table_and_emits_overrides():
     )
     assert refused.returncode == 2
     assert "config error: cluster.peak_tflops_fp32" in refused.stderr
+
+
+# --- CPU machine facts (integration/planner/calibrate.py measures them) -------------------------
+
+
+def test_cpu_terms_host_overhead_shared_cores_and_zero3_tensors(typed_config):
+    """On a CPU the host time per layer is on the critical path, processes beyond the cores share
+    them, and ZeRO-3 costs DeepSpeed's per-tensor work; a GPU preset has none of these terms."""
+    config = typed_config(["model=gpt_125m", "cluster=one_a100_40g"])
+    model, vocab = config.model, _vocab(config)
+    params = parameter_count(model, vocab)
+    x = TimeInputs(1, 1, 1, 4, 8, 0, "none", "none", False, "bf16", params)
+    gpu = step_time(model, vocab, config.cluster, x, efficiency=0.5, cpu_adam_rate=1e9)
+    cpu = dataclasses.replace(config.cluster, host_overhead_per_layer_us=100.0)
+    with_host = step_time(model, vocab, cpu, x, efficiency=0.5, cpu_adam_rate=1e9)
+    assert with_host.compute - gpu.compute == pytest.approx(8 * model.num_layers * 100e-6)
+    # Two processes on one core: everything the processes compute takes twice as long.
+    shared = dataclasses.replace(cpu, gpus_per_node=2, cores_per_node=1.0)
+    slow = step_time(model, vocab, shared, x, efficiency=0.5, cpu_adam_rate=1e9)
+    assert slow.compute == pytest.approx(2 * with_host.compute)
+    assert slow.optimizer == pytest.approx(2 * with_host.optimizer)
+    # ZeRO-3: the per-tensor cost once per micro-batch for every parameter tensor of the stage.
+    z3 = TimeInputs(1, 1, 2, 4, 8, 3, "none", "none", False, "bf16", params)
+    two = dataclasses.replace(config.cluster, gpus_per_node=2, intra_node_bandwidth_gb_per_s=100)
+    base = step_time(model, vocab, two, z3, efficiency=0.5, cpu_adam_rate=1e9)
+    costly = step_time(model, vocab, dataclasses.replace(two, zero3_tensor_overhead_us=1000.0), z3, 0.5, 1e9)
+    tensors = len(stage_parameters(model, vocab, 1, 1, 0))
+    assert costly.data_parallel - base.data_parallel == pytest.approx(8 * tensors * 1e-3)
+
+
+def test_calibration_turns_measurements_into_cluster_facts(typed_config):
+    from integration.planner.calibrate import Collective, CpuCalibration, ModelPass, _line
+
+    slope, intercept = _line([(1, 0.03), (2, 0.05), (4, 0.09), (8, 0.17)])
+    assert (slope, intercept) == (pytest.approx(0.02), pytest.approx(0.01))
+    calibration = CpuCalibration(
+        gemm_flops_per_process={1: 60e9, 2: 54e9, 4: 30e9},
+        model=ModelPass(48e9, 0.012, ((1, 0.1), (8, 0.5))),
+        adam_bytes_per_s=5e9,
+        collectives={2: Collective(2, 500e-6, 1.2e9), 4: Collective(4, 800e-6, 1.0e9)},
+        zero3_tensor_s=2e-3,
+        optimizer_step_bytes_per_s=4e9,
+    )
+    assert calibration.cores(2) == pytest.approx(1.8)
+    assert calibration.cores(4) == pytest.approx(2.0)
+    assert calibration.settings().compute_efficiency == pytest.approx(0.8)
+    base = typed_config([]).cluster  # local_cpu
+    cluster = calibration.cluster(base, "fp32", num_layers=4, processes=4)
+    assert cluster.peak_tflops_fp32 == pytest.approx(0.06)
+    assert cluster.gpus_per_node == 4 and cluster.cores_per_node == pytest.approx(2.0)
+    assert cluster.host_overhead_per_layer_us == pytest.approx(3000.0)
+    assert cluster.intra_node_latency_us == pytest.approx(500.0)
+    assert cluster.intra_node_bandwidth_gb_per_s == pytest.approx(1.2)
+    assert cluster.gpu_memory_bandwidth_gb_per_s == pytest.approx(4.0)  # the engine's whole step
+    assert cluster.zero3_tensor_overhead_us == pytest.approx(2000.0)
+    assert CpuCalibration.from_dict(json_roundtrip(calibration.as_dict())) == calibration
+
+
+def json_roundtrip(data: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(data))

@@ -18,7 +18,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from integration.distributed import (  # noqa: E402
@@ -32,7 +31,7 @@ from integration.layout import Layout  # noqa: E402
 from integration.model import build_gpt  # noqa: E402
 from integration.plan import model_vocab_size  # noqa: E402
 from integration.planner.memory import ActivationShape, stage_memory  # noqa: E402
-from integration.planner.saved_tensors import SavedTensorMeter  # noqa: E402
+from integration.planner.saved_tensors import measure_micro_batch  # noqa: E402
 from tests.conftest import typed_train  # noqa: E402
 
 args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
@@ -60,20 +59,10 @@ def probe(case: dict) -> dict:
     seed_everything(config.trainer.seed)
     vocab = model_vocab_size(model, config.data.tokenizer, config.data.vocab_size)
     gpt = build_gpt(model, config.parallel, dtype, vocab, config.trainer.seed)
-    b, s = layout.micro_batch_size, model.seq_length
-    tokens = torch.randint(0, 256, (b, s + 1), generator=torch.Generator().manual_seed(env.rank))
-    with SavedTensorMeter(gpt.parameters()) as meter:
-        per_token = gpt(
-            input_ids=tokens[:, :-1],
-            position_ids=torch.arange(s).expand(b, s),
-            attention_mask=None,
-            labels=tokens[:, 1:],
-        )
-        after_forward = meter.live
-        per_token.float().mean().backward()
-    # Every saved tensor is released by the end of backward: the meter saw the whole lifetime.
-    released = meter.live == 0
-    shape = ActivationShape(b, layout.tensor_parallel, False, recompute, True, dtype, torch_norms=True)
+    measured = measure_micro_batch(gpt, layout.micro_batch_size, model.seq_length, seed=env.rank)
+    shape = ActivationShape(
+        layout.micro_batch_size, layout.tensor_parallel, False, recompute, True, dtype, torch_norms=True
+    )
     predicted = stage_memory(
         model, vocab, layout.tensor_parallel, 1, layout.data_parallel, 0, 0, "none", 1, shape
     )
@@ -81,9 +70,9 @@ def probe(case: dict) -> dict:
     return {
         **case,
         "rank": env.rank,
-        "measured_peak": meter.peak,
-        "measured_after_forward": after_forward,
-        "released": released,
+        "measured_peak": measured.peak,
+        "measured_after_forward": measured.after_forward,
+        "released": measured.released,
         "predicted_peak": predicted.peak_activations,
         "predicted_parts": {
             "layers": predicted.activations,
