@@ -81,7 +81,11 @@ def validate(
     _check_comm(cfg, world_size, planned, p)
     if p.errors:
         raise ConfigError(_format(p.errors))
-    return Verdict(layout=Layout.derive(cfg.parallel, world_size), warnings=p.warnings)
+    layout = Layout.derive(cfg.parallel, world_size)
+    _check_cluster_fit(cfg, layout, planned, fused_norms_available, p)
+    if p.errors:
+        raise ConfigError(_format(p.errors))
+    return Verdict(layout=layout, warnings=p.warnings)
 
 
 def _format(errors: list[str]) -> str:
@@ -393,9 +397,10 @@ def _check_stability(cfg: TrainConfig, p: _Problems) -> None:
 def _check_tensor_parallel_in_node(cfg: TrainConfig, p: _Problems) -> None:
     """Tensor parallelism all-reduces activations twice per layer in forward and backward, so its
     group belongs on the fast intra-node links (Narayanan et al. 2021, sec. 3.3). Tensor ranks are
-    adjacent (layout.py), so every group stays inside a node iff tp divides gpus_per_node."""
+    adjacent (layout.py), so every group stays inside a node iff tp divides gpus_per_node. A tp
+    wider than a node is refused with the planner's numbers (`_check_cluster_fit`)."""
     tp, per_node = cfg.parallel.tensor_model_parallel_size, cfg.cluster.gpus_per_node
-    if cfg.cluster.num_nodes > 1 and per_node % tp != 0:
+    if cfg.cluster.num_nodes > 1 and per_node % tp != 0 and tp < per_node:
         p.warnings.append(
             f"parallel.tensor_model_parallel_size: {tp} does not divide cluster.gpus_per_node({per_node}), "
             "so tensor-parallel groups span nodes and every layer's all-reduces cross the inter-node "
@@ -718,3 +723,16 @@ def _check_comm(cfg: TrainConfig, world_size: int, planned: bool, p: _Problems) 
         f"comm.communication_data_type: {comm.communication_data_type!r} is unknown; use fp32, bf16, "
         "fp16 or null",
     )
+
+
+def _check_cluster_fit(
+    cfg: TrainConfig, layout: Layout, planned: bool, fused_norms_available: bool, p: _Problems
+) -> None:
+    """The planner's memory and time models on this one layout (integration/cluster_fit.py):
+    refused when predicted not to fit cluster.gpu_memory_gib or when tp is wider than a node,
+    warned instead under force_layout=true. Imported here: the planner imports this module."""
+    from integration.cluster_fit import check_cluster_fit
+
+    errors, warnings = check_cluster_fit(cfg, layout, planned, fused_norms_available)
+    p.errors += errors
+    p.warnings += warnings

@@ -130,6 +130,18 @@ class ClusterConfig:
     hostfile: str | None = None
     """An existing hostfile (lines `host slots=N`) instead of cluster.hosts: its first num_nodes
     hosts, each with at least gpus_per_node slots, are used as if listed in cluster.hosts."""
+    # CPU machines (device cpu), measured by integration/planner/calibrate.py; a GPU needs neither.
+    host_overhead_per_layer_us: float = 0.0
+    """Host (Python, dispatch) time per transformer layer per micro-batch, forward + backward, that
+    does not shrink with the batch. A GPU hides it behind its kernels (0); on a CPU it is on the
+    critical path."""
+    cores_per_node: float | None = None
+    """CPU cores the node's processes share; with more processes than cores each computes at
+    cores/processes of its speed. None: every process has its own device."""
+    zero3_tensor_overhead_us: float = 0.0
+    """DeepSpeed ZeRO-3 host time per parameter tensor per micro-batch (fetch/release hooks, the
+    gather and gradient reduce-scatter calls), beyond the α-β traffic. Hidden on a GPU (0);
+    measured on a CPU."""
 
 
 @dataclass
@@ -477,3 +489,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     dry_run: bool = False
     """Validate and print the plan (groups, DeepSpeed config, parameter count) without training."""
+    force_layout: bool = False
+    """Launch a layout that validation refuses on the cluster's facts — predicted not to fit
+    cluster.gpu_memory_gib, or tensor parallelism wider than cluster.gpus_per_node — with a warning
+    that gives the planner's numbers instead of the refusal."""

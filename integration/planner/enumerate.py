@@ -18,6 +18,8 @@ from integration.planner.memory import (
     RECOMPUTE,
     ActivationShape,
     StageMemory,
+    describe_components,
+    offload_kind,
     stage_memory,
     stage_parameters,
 )
@@ -143,18 +145,16 @@ def _config_for(base: TrainConfig, c: Candidate) -> TrainConfig:
     model = dataclasses.replace(
         base.model, recompute_granularity=None if c.recompute == "none" else c.recompute
     )
-    return dataclasses.replace(base, parallel=parallel, model=model)
+    # Forced: a layout over the memory limit or with tp wider than a node is ranked here, not refused.
+    return dataclasses.replace(base, parallel=parallel, model=model, force_layout=True)
 
 
 def requested_offloads(offload: OffloadConfig) -> tuple[str, ...]:
     """The offload kinds to plan: every kind under offload=none (the planner chooses), else the one
     the offload group sets (NVMe is planned as host offload: same device memory, the states' host
     copy is an upper bound)."""
-    if offload.param.device != "none":
-        return ("params",)
-    if offload.optimizer.device != "none":
-        return ("optimizer",)
-    return OFFLOAD
+    kind = offload_kind(offload.optimizer.device, offload.param.device)
+    return OFFLOAD if kind == "none" else (kind,)
 
 
 def _offload_problems(c: Candidate) -> list[str]:
@@ -205,14 +205,24 @@ def plan_layouts(config: TrainConfig, settings: PlannerSettings | None = None) -
                 planned=True,
                 fused_norms_available=on_gpu,
             )
-            plan.warnings = [w for w in verdict.warnings if not w.startswith("pipeline: bubble")]
+            plan.warnings = [
+                w
+                for w in verdict.warnings
+                if not w.startswith(("pipeline: bubble", "cluster.gpu_memory_gib"))
+            ]
         except ConfigError as err:
             plan.reasons += _split(str(err))
         plan.reasons += _offload_problems(c)
         if plan.reasons:
             continue
         shape = ActivationShape(
-            c.micro_batch_size, c.tp, c.sequence_parallel, c.recompute, settings.flash_attention, dtype
+            c.micro_batch_size,
+            c.tp,
+            c.sequence_parallel,
+            c.recompute,
+            settings.flash_attention,
+            dtype,
+            torch_norms=not on_gpu,
         )
         stages = sorted({0, c.pp - 1})
         per_stage = [
@@ -261,12 +271,10 @@ def plan_layouts(config: TrainConfig, settings: PlannerSettings | None = None) -
         plan.tokens_per_s = tokens_per_step / plan.time.total
         plan.mfu = model_flops / (plan.time.total * world * peak)
         if plan.memory_total > limit:
-            m = plan.memory
             plan.reasons.append(
-                f"memory: needs {plan.memory_total / GIB:.1f} GiB per GPU on stage {m.stage} (model states "
-                f"{m.states.total / GIB:.1f}, activations {m.activations / GIB:.1f}, logits "
-                f"{m.logits / GIB:.1f}, ZeRO buffers {m.buffers / GIB:.1f}, reserved {reserved / GIB:.1f}) "
-                f"> cluster.gpu_memory_gib {cluster.gpu_memory_gib:g}"
+                f"memory: needs {plan.memory_total / GIB:.1f} GiB per GPU on stage {plan.memory.stage} "
+                f"({describe_components(plan.memory, reserved)}) > cluster.gpu_memory_gib "
+                f"{cluster.gpu_memory_gib:g}"
             )
         host_need = plan.memory.states.host * cluster.gpus_per_node
         if host_need and cluster.host_memory_gib and host_need > cluster.host_memory_gib * GIB:

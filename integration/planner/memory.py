@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -31,8 +32,19 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 ADAM_MOMENT_BYTES = 8
 """exp_avg + exp_avg_sq, fp32 (torch AdamW on an fp32 master)."""
 MASTER_BYTES = 4
+FP32_BYTES = 4
 RECOMPUTE = ("none", "selective", "full")
 OFFLOAD = ("none", "optimizer", "params")
+
+
+def offload_kind(optimizer_device: str, param_device: str) -> str:
+    """The planner's offload kind of an `offload` group (NVMe is planned as host offload: the same
+    device memory; the states' host copy is an upper bound)."""
+    if param_device != "none":
+        return "params"
+    return "optimizer" if optimizer_device != "none" else "none"
+
+
 # DeepSpeed ZeRO 1/2 and BF16_Optimizer pad each flattened group to a multiple of this × dp
 # (stage_1_and_2.py: nccl_start_alignment_factor, "4-byte alignment/sizeof(fp16)").
 NCCL_START_ALIGNMENT_FACTOR = 2
@@ -259,7 +271,14 @@ class ActivationShape:
     sequence_parallel: bool
     recompute: str
     flash_attention: bool
+    """Core attention keeps no s×s score matrices: flash / Transformer Engine attention on a GPU, and
+    torch's SDPA on CPU (integration.model.TorchSDPAttention; unmasked, so torch runs its CPU flash
+    kernel, which keeps its output and the log-sum-exp)."""
     dtype: str
+    torch_norms: bool = False
+    """Megatron-Core's torch fallback norms (WrappedTorchNorm: no Transformer Engine or Apex, always
+    the case on CPU). torch's RMSNorm is composite there and also keeps the normalised input; its
+    LayerNorm keeps what Transformer Engine's does."""
 
 
 def layer_activation_bytes(model: ModelConfig, shape: ActivationShape) -> float:
@@ -269,32 +288,78 @@ def layer_activation_bytes(model: ModelConfig, shape: ActivationShape) -> float:
       tensor parallel      sbh(10 + 24/t + 5as/(ht))
       + sequence parallel  sbh/t (34 + 5as/h)
       selective recompute  drops the 5as/h term (attention scores are recomputed)
-      full recompute       2sbh (/t with sequence parallel): only the layer input is kept."""
+      full recompute       2sbh (/t with sequence parallel): only the layer input is kept.
+    Beyond the paper, what Megatron-Core 0.16 itself keeps in our model (measured tensor by tensor
+    with autograd's saved-tensor hooks: tests/distributed/test_planner_measured.py):
+      RoPE / QK-norm       rotated or normalised copies of Q and K, (h + kv)·sb (rope unfused:
+                           transformer_config sets apply_rope_fusion=False)
+      QK-norm with GQA     the query reshaped into a copy that the norm keeps, h·sb
+      SwiGLU               glu() (mlp.py) keeps silu(x₁) and x₂ + glu_linear_offset, two more
+                           ffn·sb beyond the fc1 output and the fc2 input
+      torch RMSNorm        composite (torch_norms): it keeps the input upcast to fp32 (the input
+                           itself in fp32) and the fp32 normalised input, 8 bytes per element
+    Per-token norm statistics (mean, 1/σ) are left out: 2-4 elements per token, not per channel."""
     s, b, h = model.seq_length, shape.micro_batch_size, model.hidden_size
     a, t = model.num_attention_heads, shape.tensor_parallel
     e = DTYPE_BYTES[shape.dtype]  # the paper's 2-byte elements; dropout masks are 1 byte
     kv = query_groups(model) * (h // a)
     ffn = ffn_size(model)
-    ffn_in = ffn * (2 if model.activation == "swiglu" else 1)
+    swiglu = model.activation == "swiglu"
+    ffn_in = ffn * (2 if swiglu else 1)
     hidden_mask = 1 if model.hidden_dropout > 0 else 0
     attention_mask = 1 if model.attention_dropout > 0 else 0
+    composite_rms = shape.torch_norms and model.normalization == "RMSNorm"
     sbh = s * b * h
     if shape.recompute == "full":
         return sbh * e / (t if shape.sequence_parallel else 1)
+    norm = 2 * FP32_BYTES if composite_rms else e  # kept per element of a norm's input
     # Outside the tensor-parallel regions (replicated over tp unless sequence parallel): the two
     # norm inputs, the QKV and MLP inputs (norm outputs) and two dropout masks: 10sbh at 2 bytes.
-    replicated = sbh * (4 * e + 2 * hidden_mask)
+    replicated = sbh * (2 * norm + 2 * e + 2 * hidden_mask)
     # Inside them (split over tp): Q, K, V, the attention output (projection input), the MLP
     # activation's input and output: 24sbh at 2 bytes for MHA and a 4h GeLU MLP.
-    split = s * b * ((h + 2 * kv + h) * e + (ffn_in + ffn) * e)
-    if shape.flash_attention:
+    mlp = ffn_in + ffn * (3 if swiglu else 1)
+    split = s * b * (h + 2 * kv + h + mlp) * e
+    if model.position_embedding_type == "rope" or model.qk_layernorm:
+        split += s * b * (h + kv) * e  # the rotated / normalised Q and K core attention keeps
+    if model.qk_layernorm:
+        query_copy = h * e if kv != h else 0  # otherwise the norms' inputs are views of the QKV output
+        if composite_rms:
+            upcast = (h + kv) * FP32_BYTES if e < FP32_BYTES else query_copy
+            split += s * b * ((h + kv) * FP32_BYTES + upcast)
+        else:
+            split += s * b * query_copy
+    if shape.recompute == "selective":
+        scores = 0  # core attention is recomputed, its softmax statistics too
+    elif shape.flash_attention:
         scores = a * s * b * 4  # only the fp32 softmax log-sum-exp per query
-    elif shape.recompute == "selective":
-        scores = 0
     else:  # softmax output, dropout mask and dropout output: 5as²b at 2 bytes
         scores = a * s * s * b * (e + attention_mask * (1 + e))
     replicated_share = replicated / t if shape.sequence_parallel else replicated
     return replicated_share + (split + scores) / t
+
+
+def recompute_working_bytes(model: ModelConfig, shape: ActivationShape) -> float:
+    """Full recompute: backward reruns one layer at a time and holds all of that layer's activations
+    while it back-propagates through it; the layer input among them is the checkpoint already kept."""
+    if shape.recompute != "full":
+        return 0.0
+    whole = layer_activation_bytes(model, dataclasses.replace(shape, recompute="none"))
+    return whole - layer_activation_bytes(model, shape)
+
+
+def output_layer_bytes(model: ModelConfig, vocab: int, shape: ActivationShape) -> float:
+    """The last stage's activations after the transformer layers (Korthikanti et al. 2022, sec. 4.3:
+    4sbh/t·(1 + v/h) with sequence parallelism, 2-byte elements): the final norm's input and the
+    output layer's input, sbh each (replicated over tp unless sequence parallel; a torch RMSNorm keeps
+    8 bytes per element, see layer_activation_bytes), and the fp32 logits the vocab-parallel cross
+    entropy keeps."""
+    s, b, h = model.seq_length, shape.micro_batch_size, model.hidden_size
+    t = shape.tensor_parallel
+    e = DTYPE_BYTES[shape.dtype]
+    norm = 2 * FP32_BYTES if shape.torch_norms and model.normalization == "RMSNorm" else e
+    inputs = s * b * h * (norm + e)
+    return inputs / (t if shape.sequence_parallel else 1) + logits_bytes(model, vocab, b, t)
 
 
 def logits_bytes(model: ModelConfig, vocab: int, micro_batch_size: int, tp: int) -> float:
@@ -309,11 +374,22 @@ class StageMemory:
     states: ModelStates
     buffers: int
     activations: float
-    logits: float
+    """Kept by the stage's transformer layers for every micro-batch in flight."""
+    output_layer: float
+    """Last stage: final norm and output-layer inputs and the fp32 logits (output_layer_bytes)."""
+    recompute: float = 0.0
+    """Full recompute: the one layer being recomputed in backward (recompute_working_bytes)."""
+
+    @property
+    def peak_activations(self) -> float:
+        """Activations at the stage's peak. The output layer's tensors are freed by its own backward,
+        before any layer is recomputed, so the two extras never coexist (measured: the peak of
+        live saved tensors, tests/distributed/test_planner_measured.py)."""
+        return self.activations + max(self.output_layer, self.recompute)
 
     @property
     def total(self) -> float:
-        return self.states.total + self.buffers + self.activations + self.logits
+        return self.states.total + self.buffers + self.peak_activations
 
 
 def stage_memory(
@@ -335,11 +411,29 @@ def stage_memory(
     in_flight = min(pp - stage, micro_batches)
     layers = layers_on_stage(model.num_layers, pp, stage)
     activations = layers * layer_activation_bytes(model, shape) * in_flight
-    if shape.recompute == "full" and layers:
-        # Backward recomputes one layer at a time and needs all of that layer's activations.
-        working = ActivationShape(
-            shape.micro_batch_size, tp, shape.sequence_parallel, "none", shape.flash_attention, shape.dtype
-        )
-        activations += layer_activation_bytes(model, working)
-    logits = logits_bytes(model, vocab, shape.micro_batch_size, tp) if stage == pp - 1 else 0.0
-    return StageMemory(stage, states, buffers, activations, logits)
+    recompute = recompute_working_bytes(model, shape) if layers else 0.0
+    output = output_layer_bytes(model, vocab, shape) if stage == pp - 1 else 0.0
+    return StageMemory(stage, states, buffers, activations, output, recompute)
+
+
+def memory_components(memory: StageMemory, reserved: float) -> list[tuple[str, float]]:
+    """The parts of a stage's peak, largest first."""
+    parts = [
+        ("model states", memory.states.total),
+        ("activations", memory.activations),
+        ("output layer", memory.output_layer),
+        ("recomputed layer", memory.recompute),
+        ("ZeRO buffers", memory.buffers),
+        ("reserved", reserved),
+    ]
+    if memory.recompute > memory.output_layer:  # only the larger of the two is in the peak
+        parts.remove(("output layer", memory.output_layer))
+    else:
+        parts.remove(("recomputed layer", memory.recompute))
+    return sorted((p for p in parts if p[1] > 0), key=lambda p: -p[1])
+
+
+def describe_components(memory: StageMemory, reserved: float, top: int | None = None) -> str:
+    """'model states 12.3, activations 4.5, ...' in GiB, largest first (the `top` largest)."""
+    parts = memory_components(memory, reserved)[:top]
+    return ", ".join(f"{name} {value / GIB:.1f}" for name, value in parts)

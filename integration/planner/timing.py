@@ -18,6 +18,7 @@ from integration.config.schema import ClusterConfig, ModelConfig
 from integration.errors import ConfigError
 from integration.layout import Layout
 from integration.model_size import flops_per_token
+from integration.planner.memory import stage_parameters
 from integration.planner.tensor_comm import grid_groups, seconds, tensor_parallel_collectives
 
 OPTIMIZER_BYTES_PER_PARAM = 32
@@ -117,6 +118,14 @@ def point_to_point(nbytes: float, link: Link) -> float:
     return link.latency + nbytes / link.bandwidth
 
 
+def shared_core_slowdown(cluster: ClusterConfig) -> float:
+    """A CPU node running more processes (cluster.gpus_per_node) than it has cores
+    (cluster.cores_per_node): each process computes at cores/processes of its speed. 1 on GPUs."""
+    if not cluster.cores_per_node:
+        return 1.0
+    return max(1.0, cluster.gpus_per_node / cluster.cores_per_node)
+
+
 def hardware_flops_per_token(model: ModelConfig, vocab: int, recompute: str) -> float:
     """Training FLOPs per token including recomputation. Model FLOPs are Megatron's formula
     (integration.model_size.flops_per_token, Narayanan et al. 2021 appendix: 3 × forward); full
@@ -181,10 +190,14 @@ def step_time(
     s, b, h = model.seq_length, x.micro_batch_size, model.hidden_size
     m, layers = x.micro_batches, model.num_layers // x.pp
     peak = peak_flops(cluster, x.dtype) * efficiency
+    slowdown = shared_core_slowdown(cluster)
 
     # One micro-batch on one stage: its share of the FLOPs (layers split evenly over pp, every
-    # GEMM split over tp).
+    # GEMM split over tp), and on a CPU the host time of its layers' ops, which tp does not split.
     compute_micro = hardware_flops_per_token(model, vocab, x.recompute) * s * b / (x.tp * x.pp) / peak
+    passes = 4 / 3 if x.recompute == "full" else 1.0  # full recompute reruns every layer's forward
+    host_micro = cluster.host_overhead_per_layer_us * 1e-6 * layers * passes
+    compute_micro = (compute_micro + host_micro) * slowdown
     # Tensor parallelism: the collectives each layer (and the embedding and logits around them)
     # issues per micro-batch, 1D or 2D, listed call by call in tensor_comm.py.
     # Megatron-Core's rank order (layout.py): tensor ranks adjacent, then data, then pipeline.
@@ -224,6 +237,9 @@ def step_time(
             dp_time = (m + 1) * all_gather(grad_bytes, x.dp, dp_link)
         else:
             dp_time = 3 * m * all_gather(grad_bytes, x.dp, dp_link)
+            # DeepSpeed's own work per parameter tensor (hooks, partition bookkeeping, one call each).
+            tensors = len(stage_parameters(model, vocab, x.tp, x.pp, 0))
+            dp_time += m * tensors * cluster.zero3_tensor_overhead_us * 1e-6
     # Counted as exposed: DeepSpeed's overlap_comm is off by default for stages 1/2 and stage 0
     # reduces after backward; ZeRO-3's prefetch hides part of its gathers, so this is its upper bound.
 
@@ -235,7 +251,9 @@ def step_time(
                 f"cluster.gpu_memory_bandwidth_gb_per_s: not set for cluster {cluster.name!r}; set it "
                 "(e.g. 1555 for A100 40GB, 3350 for H100 SXM)"
             )
-        optimizer = partition * OPTIMIZER_BYTES_PER_PARAM / (cluster.gpu_memory_bandwidth_gb_per_s * 1e9)
+        optimizer = (
+            partition * OPTIMIZER_BYTES_PER_PARAM / (cluster.gpu_memory_bandwidth_gb_per_s * 1e9) * slowdown
+        )
     else:
         if not cluster.host_to_device_bandwidth_gb_per_s:
             raise ConfigError(

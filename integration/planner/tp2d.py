@@ -84,6 +84,8 @@ def layer_activation_bytes_2d(
     - Q, K, V (the QKV output, saved by attention): 3 · sbh/q²
     - the attention output (the projection's saved input): sbh/q²
     - fc1's output (GELU's input) and GELU's output (fc2's saved input): 2 · s·b·ffn/q²
+    - with QK-layernorm, the normalised Q and K the attention keeps (the norms' inputs are views of
+      the QKV output): 2 · sbh/q², as in the 1D count
     - attention itself: with flash attention the fp32 log-sum-exp per query and head
       (4·a·s·b/q² bytes); unfused, the softmax probabilities a·s²·b/q² elements
 
@@ -94,7 +96,7 @@ def layer_activation_bytes_2d(
     s, b, h = model.seq_length, micro_batch_size, model.hidden_size
     a, e = model.num_attention_heads, DTYPE_BYTES[dtype]
     ffn = ffn_size(model)
-    elements = s * b * (2 * 2 * h + 3 * h + h + 2 * ffn)
+    elements = s * b * (2 * 2 * h + 3 * h + h + 2 * ffn + (2 * h if model.qk_layernorm else 0))
     scores = a * s * b * 4 if flash_attention else a * s * s * b * e
     return (elements * e + scores) / (q * q)
 

@@ -23,6 +23,7 @@ from integration.planner.memory import (
     layer_activation_bytes,
     logits_bytes,
     model_states,
+    output_layer_bytes,
     stage_parameters,
 )
 from integration.planner.timing import (
@@ -148,6 +149,62 @@ def test_logits_are_fp32_and_split_over_tp():
         seq_length = 2048
 
     assert logits_bytes(M, 50304, 2, 4) == 4 * 2048 * 2 * 50304 / 4
+
+
+def test_output_layer_is_korthikanti_section_4_3(gpt_shape):
+    """4sbh/t·(1 + v/h) with sequence parallelism at 2 bytes: the final norm's and the output
+    layer's inputs (2sbh each), and the fp32 logits 4sbv/t."""
+    v = 50304
+    shape = ActivationShape(B, T, True, "none", True, "bf16")
+    assert output_layer_bytes(gpt_shape, v, shape) == pytest.approx(4 * SBH / T * (1 + v / H))
+    # Without sequence parallelism the two inputs are replicated over tp; the logits stay split.
+    replicated = ActivationShape(B, T, False, "none", True, "bf16")
+    assert output_layer_bytes(gpt_shape, v, replicated) == pytest.approx(4 * SBH + 4 * S * B * v / T)
+
+
+def test_llama_terms_beyond_the_paper(typed_config):
+    """What Megatron-Core keeps in a Llama layer beyond Korthikanti's GPT layer, term by term
+    (measured in tests/distributed/test_planner_measured.py)."""
+    llama = typed_config(["model=llama_tiny", "stability=off"]).model
+    s, b, h, ffn = llama.seq_length, 2, llama.hidden_size, llama.ffn_hidden_size
+    kv = llama.num_query_groups * h // llama.num_attention_heads
+    e = 4
+
+    def act(model, **kw):
+        return layer_activation_bytes(model, ActivationShape(b, 1, False, "none", True, "fp32", **kw))
+
+    lse = llama.num_attention_heads * s * b * 4
+    # TE norms: 4sbh of norm inputs / outputs; Q, K, V + attention output; RoPE's rotated Q and K;
+    # SwiGLU: the fc1 output (2ffn), silu(x1), x2 + offset and their product (3ffn).
+    expected = s * b * e * (4 * h + (h + 2 * kv + h) + (h + kv) + 2 * ffn + 3 * ffn) + lse
+    assert act(llama) == pytest.approx(expected)
+    # torch's composite RMSNorm keeps an fp32 input and an fp32 normalised input (8 bytes/element).
+    assert act(llama, torch_norms=True) - act(llama) == pytest.approx(s * b * h * 2 * (8 - e))
+    # QK-norm (TE): the GQA query copy the norm keeps; with torch's RMSNorm also the fp32 normalised Q, K.
+    qk = dataclasses.replace(llama, qk_layernorm=True)
+    assert act(qk) - act(llama) == pytest.approx(s * b * h * e)
+    assert act(qk, torch_norms=True) - act(llama, torch_norms=True) == pytest.approx(
+        s * b * (h * e + (h + kv) * 4)
+    )
+
+
+def test_full_recompute_peak_is_in_backward_without_the_output_layer(typed_config):
+    """Full recompute: the stage peak is the kept layer inputs plus one recomputed layer (its input
+    is the kept checkpoint), or the output layer at the end of forward, whichever is larger."""
+    from integration.planner.memory import recompute_working_bytes, stage_memory
+
+    config = typed_config(["model=gpt_tiny", "stability=off"])
+    model, vocab = config.model, _vocab(config)
+    full = ActivationShape(2, 1, False, "full", True, "fp32")
+    none = ActivationShape(2, 1, False, "none", True, "fp32")
+    layer_input = model.seq_length * 2 * model.hidden_size * 4
+    assert recompute_working_bytes(model, full) == pytest.approx(
+        layer_activation_bytes(model, none) - layer_input
+    )
+    m = stage_memory(model, vocab, 1, 1, 1, 0, 0, "none", 1, full)
+    assert m.activations == pytest.approx(model.num_layers * layer_input)
+    assert m.peak_activations == pytest.approx(m.activations + max(m.output_layer, m.recompute))
+    assert stage_memory(model, vocab, 1, 1, 1, 0, 0, "none", 1, none).recompute == 0
 
 
 def test_first_pipeline_stage_holds_p_micro_batches(typed_config):
@@ -316,15 +373,37 @@ def test_the_emitted_overrides_compose_and_validate_to_the_same_layout(h100_plan
     assert (again.model.recompute_granularity or "none") == c.recompute
 
 
-def test_validate_warns_when_tensor_parallel_spans_nodes(typed_config):
-    config = typed_config(["model=gpt_1p3b", "cluster=h100_8x4", "parallel.tensor_model_parallel_size=16"])
-    verdict = validate(config, 32, cuda_available=True, planned=True)
+def test_validate_refuses_tensor_parallel_wider_than_a_node_unless_forced(typed_config):
+    overrides = ["model=gpt_1p3b", "cluster=h100_8x4", "parallel.tensor_model_parallel_size=16"]
+    with pytest.raises(
+        ConfigError,
+        match=r"parallel\.tensor_model_parallel_size: 16 > cluster\.gpus_per_node\(8\), .* the planner "
+        r"predicts [\d.]+ s of tensor-parallel traffic in a [\d.]+ s step \(\d+%\); use "
+        r"parallel\.tensor_model_parallel_size<=8 .* or set force_layout=true",
+    ):
+        validate(typed_config(overrides), 32, cuda_available=True, planned=True)
+    forced = validate(typed_config([*overrides, "force_layout=true"]), 32, cuda_available=True, planned=True)
     assert any(
-        w.startswith("parallel.tensor_model_parallel_size: 16 does not divide cluster.gpus_per_node(8)")
-        for w in verdict.warnings
+        w.startswith("parallel.tensor_model_parallel_size: 16 > cluster.gpus_per_node(8)")
+        and w.endswith("launching anyway (force_layout=true)")
+        for w in forced.warnings
     )
     inside = typed_config(["model=gpt_1p3b", "cluster=h100_8x4", "parallel.tensor_model_parallel_size=8"])
     assert not validate(inside, 32, cuda_available=True, planned=True).warnings
+    # tp narrower than a node but not dividing it: some groups straddle two nodes, a warning.
+    six = typed_config(
+        [
+            "model=gpt_1p3b",
+            "cluster=h100_8x4",
+            "parallel.tensor_model_parallel_size=4",
+            "parallel.global_batch_size=12",
+        ]
+    )
+    six.cluster.gpus_per_node = 6
+    (warning,) = validate(six, 24, cuda_available=True, planned=True).warnings
+    assert warning.startswith(
+        "parallel.tensor_model_parallel_size: 4 does not divide cluster.gpus_per_node(6)"
+    )
 
 
 def test_plan_command_prints_the_table_and_emits_overrides():
@@ -347,3 +426,65 @@ def test_plan_command_prints_the_table_and_emits_overrides():
     )
     assert refused.returncode == 2
     assert "config error: cluster.peak_tflops_fp32" in refused.stderr
+
+
+# --- CPU machine facts (integration/planner/calibrate.py measures them) -------------------------
+
+
+def test_cpu_terms_host_overhead_shared_cores_and_zero3_tensors(typed_config):
+    """On a CPU the host time per layer is on the critical path, processes beyond the cores share
+    them, and ZeRO-3 costs DeepSpeed's per-tensor work; a GPU preset has none of these terms."""
+    config = typed_config(["model=gpt_125m", "cluster=one_a100_40g"])
+    model, vocab = config.model, _vocab(config)
+    params = parameter_count(model, vocab)
+    x = TimeInputs(1, 1, 1, 4, 8, 0, "none", "none", False, "bf16", params)
+    gpu = step_time(model, vocab, config.cluster, x, efficiency=0.5, cpu_adam_rate=1e9)
+    cpu = dataclasses.replace(config.cluster, host_overhead_per_layer_us=100.0)
+    with_host = step_time(model, vocab, cpu, x, efficiency=0.5, cpu_adam_rate=1e9)
+    assert with_host.compute - gpu.compute == pytest.approx(8 * model.num_layers * 100e-6)
+    # Two processes on one core: everything the processes compute takes twice as long.
+    shared = dataclasses.replace(cpu, gpus_per_node=2, cores_per_node=1.0)
+    slow = step_time(model, vocab, shared, x, efficiency=0.5, cpu_adam_rate=1e9)
+    assert slow.compute == pytest.approx(2 * with_host.compute)
+    assert slow.optimizer == pytest.approx(2 * with_host.optimizer)
+    # ZeRO-3: the per-tensor cost once per micro-batch for every parameter tensor of the stage.
+    z3 = TimeInputs(1, 1, 2, 4, 8, 3, "none", "none", False, "bf16", params)
+    two = dataclasses.replace(config.cluster, gpus_per_node=2, intra_node_bandwidth_gb_per_s=100)
+    base = step_time(model, vocab, two, z3, efficiency=0.5, cpu_adam_rate=1e9)
+    costly = step_time(model, vocab, dataclasses.replace(two, zero3_tensor_overhead_us=1000.0), z3, 0.5, 1e9)
+    tensors = len(stage_parameters(model, vocab, 1, 1, 0))
+    assert costly.data_parallel - base.data_parallel == pytest.approx(8 * tensors * 1e-3)
+
+
+def test_calibration_turns_measurements_into_cluster_facts(typed_config):
+    from integration.planner.calibrate import Collective, CpuCalibration, ModelPass, _line
+
+    slope, intercept = _line([(1, 0.03), (2, 0.05), (4, 0.09), (8, 0.17)])
+    assert (slope, intercept) == (pytest.approx(0.02), pytest.approx(0.01))
+    calibration = CpuCalibration(
+        gemm_flops_per_process={1: 60e9, 2: 54e9, 4: 30e9},
+        model=ModelPass(48e9, 0.012, ((1, 0.1), (8, 0.5))),
+        adam_bytes_per_s=5e9,
+        collectives={2: Collective(2, 500e-6, 1.2e9), 4: Collective(4, 800e-6, 1.0e9)},
+        zero3_tensor_s=2e-3,
+        optimizer_step_bytes_per_s=4e9,
+    )
+    assert calibration.cores(2) == pytest.approx(1.8)
+    assert calibration.cores(4) == pytest.approx(2.0)
+    assert calibration.settings().compute_efficiency == pytest.approx(0.8)
+    base = typed_config([]).cluster  # local_cpu
+    cluster = calibration.cluster(base, "fp32", num_layers=4, processes=4)
+    assert cluster.peak_tflops_fp32 == pytest.approx(0.06)
+    assert cluster.gpus_per_node == 4 and cluster.cores_per_node == pytest.approx(2.0)
+    assert cluster.host_overhead_per_layer_us == pytest.approx(3000.0)
+    assert cluster.intra_node_latency_us == pytest.approx(500.0)
+    assert cluster.intra_node_bandwidth_gb_per_s == pytest.approx(1.2)
+    assert cluster.gpu_memory_bandwidth_gb_per_s == pytest.approx(4.0)  # the engine's whole step
+    assert cluster.zero3_tensor_overhead_us == pytest.approx(2000.0)
+    assert CpuCalibration.from_dict(json_roundtrip(calibration.as_dict())) == calibration
+
+
+def json_roundtrip(data: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(data))

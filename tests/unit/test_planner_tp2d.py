@@ -167,7 +167,7 @@ def test_2d_stage_memory_uses_deepspeed_states_of_the_2d_tensors(typed_config):
     assert m.states.parameters >= numel * 2  # padded flat bf16 buffer
     assert m.states.optimizer == pytest.approx(numel * 8 / 2, rel=1e-3)  # ZeRO-1 over dp 2
     assert m.activations == model.num_layers * layer_activation_bytes_2d(model, 4, 4, True, "bf16")
-    assert m.logits == 4 * model.seq_length * 4 * vocab / 16
+    assert m.output_layer == 4 * model.seq_length * 4 * vocab / 16
 
 
 # --- links and step time --------------------------------------------------------------------------
@@ -308,3 +308,27 @@ def test_plan_command_ranks_2d_layouts_and_no_2d_removes_them():
     assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
     with_2d, without = (sum(line.split()[1:2] == ["2x2"] for line in r.stdout.splitlines()) for r in runs)
     assert with_2d > 0 and without == 0
+
+
+def test_launch_memory_check_uses_the_2d_model_for_2d_layouts(typed_config):
+    """Validation's fit check (integration/cluster_fit.py) prices a 2D launch with the 2D memory
+    model, which keeps 1/q² of every activation, not with the 1D model at tp = q²."""
+    from integration.cluster_fit import LayoutChoice, predicted_fit
+
+    config = typed_config(
+        ["model=gpt_1p3b", "cluster=h100_8x1", "parallel=tp2d_2x2", "parallel.zero_stage=1"]
+    )
+    layout = validate(config, 8, cuda_available=True, planned=True).layout
+    choice = LayoutChoice(1, config.parallel.micro_batch_size, "none")
+    fit = predicted_fit(config, layout, choice, flash_attention=True)
+    expected = stage_memory_2d(
+        config.model, _vocab(config), 4, 2, 1, "none", config.parallel.micro_batch_size, True, "bf16"
+    )
+    assert fit.memory.total == expected.total
+    one_d = predicted_fit(
+        dataclasses.replace(config, parallel=dataclasses.replace(config.parallel, tensor_parallel_2d=False)),
+        layout,
+        choice,
+        flash_attention=True,
+    )
+    assert fit.memory.activations < one_d.memory.activations

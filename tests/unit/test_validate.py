@@ -622,3 +622,114 @@ def test_zeropp_validates_on_a_gpu_cluster_and_qgz_on_one_node_warns(typed_confi
     )
     multi = typed_config([*zeropp, "cluster=h100_8x4", "parallel.global_batch_size=32"])
     assert not validate(multi, 32, cuda_available=True, planned=True).warnings
+
+
+# Layouts refused on the cluster's facts with the planner's numbers (integration/cluster_fit.py):
+# (Hydra overrides, world size, regex the ConfigError must match). Validated as a dry run on a GPU
+# cluster (planned, CUDA available); force_layout=true turns each into a warning.
+FIT_REFUSALS = [
+    pytest.param(
+        [
+            "model=gpt_1p3b",
+            "cluster=h100_8x1",
+            "parallel.micro_batch_size=16",
+            "parallel.global_batch_size=128",
+        ],
+        8,
+        r"cluster\.gpu_memory_gib: 80 GiB per GPU on 'h100_8x1' is too small for tp 1 × pp 1 × dp 8, ZeRO 0, "
+        r"micro-batch 16, recompute none: the planner predicts 8\d\.\d GiB on pipeline stage 0 \(activations "
+        r"[\d.]+, model states [\d.]+, output layer [\d.]+\); (?P<fix>(\S+=\S+ )+)fits \([\d.]+ GiB\); "
+        r"`python launch/plan\.py model=gpt_1p3b cluster=h100_8x1` ranks every layout; or set "
+        r"force_layout=true to launch anyway",
+        id="over-memory-with-a-fix",
+    ),
+    pytest.param(
+        [
+            "model=gpt_1p3b",
+            "cluster=aws_p4d_2node",
+            "parallel=tp2_pp2",
+            "parallel.micro_batch_size=32",
+            "parallel.global_batch_size=256",
+        ],
+        16,
+        r"cluster\.gpu_memory_gib: 40 GiB per GPU on 'aws_p4d_2node' is too small for tp 2 × pp 2 × dp 4, "
+        r"ZeRO 1, micro-batch 32, recompute none: the planner predicts [\d.]+ GiB on pipeline stage 0 "
+        r"\(activations .*\); (?P<fix>(\S+=\S+ )+)fits",
+        id="over-memory-pipeline-zero-1-at-most",
+    ),
+    pytest.param(
+        [
+            "model=llama_7b",
+            "cluster=one_a100_40g",
+            "parallel.micro_batch_size=1",
+            "parallel.global_batch_size=8",
+        ],
+        1,
+        r"cluster\.gpu_memory_gib: 40 GiB per GPU on 'one_a100_40g' is too small for tp 1 × pp 1 × dp 1, .*"
+        r"model states [\d.]+.*; nothing fits at tp 1 × pp 1 × dp 1; `python launch/plan\.py model=llama_7b "
+        r"cluster=one_a100_40g` ranks the layouts that do; or set force_layout=true to launch anyway",
+        id="over-memory-nothing-fits",
+    ),
+    pytest.param(
+        ["model=gpt_1p3b", "cluster=aws_p4d_2node", "parallel.tensor_model_parallel_size=16"],
+        16,
+        r"parallel\.tensor_model_parallel_size: 16 > cluster\.gpus_per_node\(8\), so every tensor-parallel "
+        r"all-reduce .* crosses the inter-node network: the planner predicts [\d.]+ s of tensor-parallel "
+        r"traffic in a [\d.]+ s step \(\d+%\); use parallel\.tensor_model_parallel_size<=8 with more pipeline "
+        r"stages \(python launch/plan\.py ranks the layouts\) or set force_layout=true",
+        id="tp-wider-than-a-node",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "world_size", "pattern"), FIT_REFUSALS)
+def test_layout_that_does_not_fit_the_cluster_is_refused_with_the_planners_numbers(
+    typed_config, overrides, world_size, pattern
+):
+    with pytest.raises(ConfigError, match=pattern) as refused:
+        validate(typed_config(overrides), world_size, cuda_available=True, planned=True)
+    problem = str(refused.value).split("; ")[0]
+    forced = validate(typed_config([*overrides, "force_layout=true"]), world_size, True, planned=True)
+    assert [w for w in forced.warnings if w.startswith(problem)] == [
+        f"{problem}; launching anyway (force_layout=true)"
+    ]
+    if fix := re.search(pattern, str(refused.value)).groupdict().get("fix"):
+        # The suggested overrides really fit: the same layout with them validates, no memory warning.
+        fixed = validate(typed_config([*overrides, *fix.split()]), world_size, True, planned=True)
+        assert not [w for w in fixed.warnings if w.startswith("cluster.gpu_memory_gib")]
+
+
+def test_local_cpu_has_no_memory_check(typed_config):
+    """local_cpu states no gpu_memory_gib: a layout far beyond any laptop still validates."""
+    config = typed_config(["model=gpt_1p3b", "parallel.micro_batch_size=16", "parallel.global_batch_size=16"])
+    assert config.cluster.gpu_memory_gib is None
+    assert validate(config, 1, cuda_available=False).warnings == []
+
+
+def test_a_launch_uses_the_launchers_world_and_says_when_the_cluster_differs(typed_config):
+    config = typed_config(["model=gpt_125m", "cluster=h100_8x1", "parallel.global_batch_size=16"])
+    verdict = validate(config, 2, cuda_available=True, fused_norms_available=True)
+    assert verdict.layout.data_parallel == 2
+    assert verdict.warnings == [
+        "cluster: 'h100_8x1' has 1 × 8 = 8 devices but the launcher started 2 processes; the layout and its "
+        "memory check use 2 (set cluster.num_nodes / cluster.gpus_per_node to the machines used)"
+    ]
+    assert validate(config, 8, cuda_available=True, fused_norms_available=True).warnings == []
+
+
+def test_without_transformer_engine_a_launch_counts_the_attention_scores(typed_config):
+    """A GPU without Transformer Engine runs Megatron's unfused attention, which keeps the s×s
+    scores (5as²b): a layout that fits in a dry run (TE assumed) can be refused at launch."""
+    config = typed_config(
+        [
+            "model=gpt_1p3b",
+            "cluster=h100_8x1",
+            "parallel.micro_batch_size=12",
+            "parallel.global_batch_size=96",
+        ]
+    )
+    assert validate(config, 8, cuda_available=True, planned=True).warnings == []
+    with pytest.raises(
+        ConfigError, match=r"cluster\.gpu_memory_gib: 80 GiB per GPU on 'h100_8x1' is too small"
+    ):
+        validate(config, 8, cuda_available=True, fused_norms_available=False)

@@ -1,0 +1,618 @@
+"""How accurate is the layout planner (integration/planner)? Its predictions side by side with
+measurements of the real thing, in one run.
+
+    OMP_NUM_THREADS=1 python benchmarks/planner_accuracy.py [--rounds 3] [--steps 16] [--out result.json]
+
+(A) Activation memory: for GPT and Llama shapes at TP1 and TP2 (2 processes), recompute
+    none/selective/full, the planner's peak activation bytes of one micro-batch
+    (memory.stage_memory(...).peak_activations) against the peak of the storages autograd saves in a
+    forward + backward of the real Megatron-Core GPTModel (planner/saved_tensors.py). Goal: every
+    case within 10%.
+(B) Step time: a one-off calibration of the machine (planner/calibrate.py: GEMM FLOP/s alone and
+    with 2 and 4 processes at once, the bare model's forward + backward at two micro-batch sizes,
+    torch AdamW's bandwidth, gloo all-reduce α/β; no training layout is run), turned into the
+    cluster facts and compute efficiency the time model (planner/timing.py) reads; then each layout
+    (1-4 processes: single, micro-batch and recompute variants, DP2 at ZeRO 0-3, TP2, PP2, TP2×PP2,
+    DP4) trained for real through launch/train.py and its median step time (metrics.jsonl
+    `step_time`, warm-up steps dropped) compared with the prediction. Each round calibrates again
+    and runs every layout once (the order reversed every other round), so drift in the machine's
+    load lands on calibration and layouts alike; the table shows the medians over rounds.
+    Goals: MAPE ≤ 10%, and the ranking preserved: every pair of layouts whose measured times differ
+    by more than 10% is ordered the same by the prediction (Spearman's ρ is printed too).
+(C) On a CUDA machine: each layout's peak allocated GPU memory (metrics.jsonl
+    `memory/peak_allocated_gib`, rank 0) against the planner's prediction for that rank's stage.
+    Goal: within 10%. Skipped, and said so, where no GPU is visible.
+
+Internally it also runs itself under torchrun as a worker (`--worker activations|calibrate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import warnings
+from importlib import metadata
+from itertools import combinations
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from integration.launcher_args import strip_launcher_args  # noqa: E402
+
+strip_launcher_args(sys.argv)
+for _note in (
+    "Transformer Engine and Apex are not installed",
+    "Apex is not installed",
+    "full scope is deprecated",
+    "`torch.distributed.all_gather_into_tensor` is deprecated",
+):
+    warnings.filterwarnings("ignore", message=_note)
+
+CONF_DIR = str(PROJECT_ROOT / "conf")
+TRAIN = PROJECT_ROOT / "launch" / "train.py"
+# gpt_tiny widened (as benchmarks/overhead.py) so the matmuls, not Python, are most of a step:
+# 4 layers, hidden 256, ffn 1024, sequence 128, 3.3 M parameters; fp32; no stability hooks.
+MODEL = ["stability=off", "precision=fp32", "model.hidden_size=256", "model.ffn_hidden_size=1024"]
+RUN = [
+    "trainer.eval_interval=0",
+    "wandb.mode=disabled",
+    "checkpoint.save_at_end=false",
+    "checkpoint.resume=false",
+    "trainer.progress=false",
+    "optim.warmup_steps=2",
+]
+WARMUP_STEPS = 3
+# (name, processes, overrides); global batch 8 throughout.
+LAYOUTS = [
+    ("single mbs2", 1, []),
+    ("single mbs8", 1, ["parallel.micro_batch_size=8"]),
+    ("single full-recompute", 1, ["model.recompute_granularity=full"]),
+    ("dp2 z0", 2, ["parallel=dp"]),
+    ("dp2 z1", 2, ["parallel=dp", "parallel.zero_stage=1"]),
+    ("dp2 z2", 2, ["parallel=dp", "parallel.zero_stage=2"]),
+    ("dp2 z3", 2, ["parallel=dp", "parallel.zero_stage=3"]),
+    ("dp2 z1 mbs4", 2, ["parallel=dp", "parallel.zero_stage=1", "parallel.micro_batch_size=4"]),
+    ("tp2", 2, ["parallel=tp2"]),
+    ("pp2", 2, ["parallel=pp2"]),
+    ("tp2 pp2", 4, ["parallel=tp2_pp2"]),
+    ("dp4 z1", 4, ["parallel=dp", "parallel.zero_stage=1"]),
+]
+ACTIVATION_CASES = [
+    {"model": "gpt_tiny", "tp": tp, "recompute": recompute, "dtype": "fp32", "micro_batch_size": 4}
+    for tp in (1, 2)
+    for recompute in ("none", "selective", "full")
+] + [
+    {"model": "gpt_tiny", "tp": 1, "recompute": "none", "dtype": "bf16", "micro_batch_size": 8},
+    {"model": "gpt_tiny", "tp": 1, "recompute": "none", "dtype": "fp32", "micro_batch_size": 4, "overrides": MODEL[2:]},
+    {"model": "gpt_tiny", "tp": 2, "recompute": "none", "dtype": "fp32", "micro_batch_size": 4,
+     "overrides": ["model.qk_layernorm=true"]},
+    {"model": "llama_tiny", "tp": 1, "recompute": "none", "dtype": "fp32", "micro_batch_size": 4},
+    {"model": "llama_tiny", "tp": 2, "recompute": "selective", "dtype": "bf16", "micro_batch_size": 4},
+    {"model": "llama_tiny", "tp": 2, "recompute": "full", "dtype": "fp32", "micro_batch_size": 4},
+    {"model": "llama_tiny", "tp": 2, "recompute": "none", "dtype": "bf16", "micro_batch_size": 4,
+     "overrides": ["model.qk_layernorm=true"]},
+]  # fmt: skip
+GOAL = 0.10
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="calibrate + every layout, this many times")
+    parser.add_argument(
+        "--steps", type=int, default=16, help=f"steps per layout run ({WARMUP_STEPS} warm-up)"
+    )
+    parser.add_argument("--layouts", nargs="*", default=None, help="only these layout names")
+    parser.add_argument("--skip-activations", action="store_true")
+    parser.add_argument("--skip-time", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="also write everything as JSON here")
+    parser.add_argument(
+        "--worker",
+        choices=["activations", "world", "engine", "zero3"],
+        default=None,
+        help=argparse.SUPPRESS,
+    )
+    parser.add_argument("worker_args", nargs="*", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from integration.config import register_schemas, to_typed
+
+    register_schemas()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return to_typed(hydra_compose(config_name="train", overrides=overrides))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(processes: int, args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+    launcher = ["torchrun", "--nproc_per_node", str(processes), "--master_port", str(free_port())]
+    command = (launcher if processes > 1 else [sys.executable]) + args
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command)} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}"
+        )
+    return proc
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------ workers
+
+
+def worker_activations(out: Path, cases: list[dict]) -> None:
+    """Under torchrun, 2 processes: measured vs predicted activation peak per case, per rank."""
+    import torch.distributed as dist
+
+    from integration.distributed import (
+        LaunchEnv,
+        init_model_parallel,
+        init_process_group,
+        seed_everything,
+        teardown,
+    )
+    from integration.layout import Layout
+    from integration.model import build_gpt
+    from integration.plan import model_vocab_size
+    from integration.planner.memory import ActivationShape, stage_memory
+    from integration.planner.saved_tensors import measure_micro_batch
+
+    env = LaunchEnv.from_environ()
+    rows = []
+    for case in cases:
+        recompute = case["recompute"]
+        config = compose(
+            [
+                f"model={case['model']}",
+                "stability=off",
+                f"precision={case['dtype']}",
+                f"parallel.tensor_model_parallel_size={case['tp']}",
+                f"parallel.micro_batch_size={case['micro_batch_size']}",
+                f"parallel.global_batch_size={case['micro_batch_size'] * 2}",
+                f"model.recompute_granularity={'null' if recompute == 'none' else recompute}",
+                *case.get("overrides", []),
+            ]
+        )
+        model, dtype = config.model, config.precision.dtype
+        layout = Layout.derive(config.parallel, env.world_size)
+        init_process_group(config.cluster, env)
+        init_model_parallel(layout)
+        seed_everything(config.trainer.seed)
+        vocab = model_vocab_size(model, config.data.tokenizer, config.data.vocab_size)
+        gpt = build_gpt(model, config.parallel, dtype, vocab, config.trainer.seed)
+        measured = measure_micro_batch(gpt, layout.micro_batch_size, model.seq_length, seed=env.rank)
+        tp = layout.tensor_parallel
+        shape = ActivationShape(layout.micro_batch_size, tp, False, recompute, True, dtype, torch_norms=True)
+        predicted = stage_memory(model, vocab, tp, 1, layout.data_parallel, 0, 0, "none", 1, shape)
+        teardown()
+        rows.append({**case, "measured": measured.peak, "predicted": predicted.peak_activations})
+    (out / f"rank{env.rank}.json").write_text(json.dumps(rows))
+    dist.barrier()
+
+
+def worker_world(out: Path) -> None:
+    """Under torchrun, 4 processes: GEMM rates with 1, 2 and 4 processes at once, gloo α/β."""
+    from integration.distributed import LaunchEnv, init_process_group
+    from integration.planner.calibrate import calibrate_world
+
+    config = compose([*MODEL, *RUN])
+    init_process_group(config.cluster, LaunchEnv.from_environ())
+    model = config.model
+    result = calibrate_world(
+        config.parallel.micro_batch_size, model.seq_length, model.hidden_size, model.ffn_hidden_size
+    )
+    if result is not None:
+        (out / "world.json").write_text(json.dumps(result))
+
+
+def worker_engine(out: Path) -> None:
+    """One process, our DeepSpeed engine over the model: forward + backward at micro-batch sizes
+    1-8 (inside an accumulation window), and the optimizer step (calibrate.py)."""
+    import torch
+
+    from integration.distributed import LaunchEnv, init_model_parallel, init_process_group, seed_everything
+    from integration.ds_config import build_deepspeed_config
+    from integration.engine import build_engine
+    from integration.layout import Layout
+    from integration.model import build_gpt
+    from integration.model_size import parameter_count
+    from integration.plan import model_vocab_size
+    from integration.planner.calibrate import adam_bytes_per_s, model_pass, optimizer_step_bytes_per_s
+    from integration.planner.timing import hardware_flops_per_token
+
+    base = compose([*MODEL, *RUN])
+    init_process_group(base.cluster, LaunchEnv.from_environ())
+    init_model_parallel(Layout.derive(base.parallel, 1))
+    engines = {}
+    for name, batch in (("accumulating", 10**6), ("stepping", 1)):
+        config = compose([*MODEL, *RUN, "parallel.micro_batch_size=1", f"parallel.global_batch_size={batch}"])
+        layout = Layout.derive(config.parallel, 1)
+        seed_everything(config.trainer.seed)
+        vocab = model_vocab_size(config.model, config.data.tokenizer, config.data.vocab_size)
+        gpt = build_gpt(config.model, config.parallel, config.precision.dtype, vocab, config.trainer.seed)
+        ds_config = build_deepspeed_config(layout, config.parallel, config.optim, config.precision, 100)
+        engines[name] = build_engine(gpt, ds_config, config.optim)
+    s = config.model.seq_length
+    tokens = torch.randint(0, 256, (8, s + 1))
+
+    def micro_batch(b: int, engine=engines["accumulating"]) -> None:
+        loss = engine(
+            input_ids=tokens[:b, :-1],
+            position_ids=torch.arange(s).expand(b, s),
+            attention_mask=None,
+            labels=tokens[:b, 1:],
+        )
+        engine.backward(loss.float().mean())
+
+    flops_per_sample = hardware_flops_per_token(config.model, vocab, "none") * s
+    timing = model_pass(micro_batch, flops_per_sample)
+    parameters = parameter_count(config.model, vocab)
+    optimizer = optimizer_step_bytes_per_s(
+        engines["stepping"], lambda: micro_batch(1, engines["stepping"]), parameters
+    )
+    result = {
+        "model": dataclasses.asdict(timing),
+        "optimizer_step_bytes_per_s": optimizer,
+        "adam_bytes_per_s": adam_bytes_per_s(parameters),
+    }
+    (out / "engine.json").write_text(json.dumps(result))
+
+
+def worker_zero3(out: Path) -> None:
+    """Under torchrun, 2 processes: DeepSpeed ZeRO-3's cost per parameter tensor (calibrate.py)."""
+    import torch.distributed as dist
+
+    from integration.config.schema import ClusterConfig
+    from integration.distributed import LaunchEnv, init_process_group
+    from integration.planner.calibrate import zero3_tensor_seconds
+
+    env = LaunchEnv.from_environ()
+    init_process_group(ClusterConfig(name="local_cpu"), env)
+    seconds = zero3_tensor_seconds()
+    if dist.get_rank() == 0:
+        (out / "zero3.json").write_text(json.dumps({"zero3_tensor_s": seconds}))
+
+
+# ------------------------------------------------------------------------------- (A) activations
+
+
+def run_activations() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        torchrun(2, [__file__, "--worker", "activations", tmp, json.dumps(ACTIVATION_CASES)])
+        rows = json.loads((Path(tmp) / "rank0.json").read_text())
+    lines = [
+        "(A) activation bytes of one micro-batch: planner vs autograd's saved tensors (peak, rank 0)",
+        f"  {'model':<22}{'tp':>3} {'recompute':<10}{'dtype':<6}{'mbs':>4}{'measured MiB':>14}{'predicted MiB':>15}"
+        f"{'error':>9}",
+    ]
+    errors = []
+    for r in rows:
+        error = r["predicted"] / r["measured"] - 1
+        errors.append(abs(error))
+        name = r["model"] + (
+            "+" + ",".join(o.split("=")[0].split(".")[-1] for o in r["overrides"])
+            if r.get("overrides")
+            else ""
+        )
+        lines.append(
+            f"  {name:<22}{r['tp']:>3} {r['recompute']:<10}{r['dtype']:<6}{r['micro_batch_size']:>4}"
+            f"{r['measured'] / 2**20:>14.3f}{r['predicted'] / 2**20:>15.3f}{error:>+9.1%}"
+        )
+    ok = max(errors) <= GOAL
+    lines.append(f"  largest |error| {max(errors):.1%}   goal <= {GOAL:.0%}   {'PASS' if ok else 'FAIL'}")
+    return {"rows": rows, "max_abs_error": max(errors), "pass": ok, "text": "\n".join(lines)}
+
+
+# ------------------------------------------------------------------------------------ (B) time
+
+
+def calibrate_machine() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        torchrun(4, [__file__, "--worker", "world", tmp])
+        torchrun(1, [__file__, "--worker", "engine", tmp])
+        torchrun(2, [__file__, "--worker", "zero3", tmp])
+        parts = [json.loads((Path(tmp) / f"{n}.json").read_text()) for n in ("world", "engine", "zero3")]
+        return {k: v for part in parts for k, v in part.items()}
+
+
+def run_layout(
+    processes: int, overrides: list[str], steps: int, run_dir: Path, extra: list[str] = ()
+) -> list[dict]:
+    from integration.metrics import read_metrics
+
+    args = [str(TRAIN), f"run.dir={run_dir}", *MODEL, *RUN, f"trainer.max_steps={steps}", *overrides, *extra]
+    torchrun(processes, args)
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+
+
+def predict(calibration: dict, processes: int, overrides: list[str]) -> float:
+    from integration.cluster_fit import predicted_step
+    from integration.planner.calibrate import CpuCalibration
+    from integration.validate import validate
+
+    calibrated = CpuCalibration.from_dict(calibration)
+    config = compose([*MODEL, *RUN, *overrides])
+    layout = validate(config, processes, cuda_available=False).layout
+    cluster = calibrated.cluster(config.cluster, config.precision.dtype, config.model.num_layers, processes)
+    config = dataclasses.replace(config, cluster=cluster)
+    return predicted_step(config, layout, settings=calibrated.settings()).total
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    def ranks(values):
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        for rank, i in enumerate(order):
+            out[i] = rank
+        return out
+
+    ra, rb = ranks(a), ranks(b)
+    n = len(a)
+    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb, strict=True)) / (n * (n * n - 1))
+
+
+def run_time(rounds: int, steps: int, names: list[str] | None) -> dict:
+    layouts = [layout for layout in LAYOUTS if names is None or layout[0] in names]
+    per_round = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            calibration = calibrate_machine()
+            print(f"  round {r + 1}/{rounds}: calibrated (load {load_average()})", flush=True)
+            measured, typical, predicted, loads, times = {}, {}, {}, {}, {}
+            for name, processes, overrides in layouts if r % 2 == 0 else layouts[::-1]:
+                loads[name] = load_average()
+                rows = run_layout(processes, overrides, steps, Path(tmp) / f"r{r}" / name.replace(" ", "_"))
+                times[name] = [row["step_time"] for row in rows[WARMUP_STEPS:]]
+                measured[name] = min(times[name])  # the least disturbed step, as the calibration
+                typical[name] = statistics.median(times[name])
+                predicted[name] = predict(calibration, processes, overrides)
+                print(
+                    f"    {name:<24} fastest {measured[name]:.3f} s  median {typical[name]:.3f} s  "
+                    f"predicted {predicted[name]:.3f} s  (load {loads[name]})",
+                    flush=True,
+                )
+            per_round.append(
+                {
+                    "calibration": calibration,
+                    "measured": measured,
+                    "median": typical,
+                    "predicted": predicted,
+                    "load": loads,
+                    "step_times": times,
+                }
+            )
+    names = [name for name, _, _ in layouts]
+    measured = {n: statistics.median(r["measured"][n] for r in per_round) for n in names}
+    typical = {n: statistics.median(r["median"][n] for r in per_round) for n in names}
+    predicted = {n: statistics.median(r["predicted"][n] for r in per_round) for n in names}
+    errors = {n: predicted[n] / measured[n] - 1 for n in names}
+    mape = statistics.fmean(abs(e) for e in errors.values())
+    mape_typical = statistics.fmean(abs(predicted[n] / typical[n] - 1) for n in names)
+    pairs = list(combinations(names, 2))
+    concordant = [(a, b) for a, b in pairs if (measured[a] - measured[b]) * (predicted[a] - predicted[b]) > 0]
+    clear = [
+        (a, b) for a, b in pairs if max(measured[a], measured[b]) / min(measured[a], measured[b]) > 1 + GOAL
+    ]
+    clear_discordant = [(a, b) for a, b in clear if (a, b) not in concordant]
+    rho = spearman([measured[n] for n in names], [predicted[n] for n in names])
+    c = CpuCalibrationView(per_round[0]["calibration"])
+    lines = [
+        "(B) step time: planner (after calibrating this machine) vs launch/train.py; per round the fastest",
+        "    step (as the calibration takes the fastest chunks), then the median over rounds",
+        *c.lines(),
+        f"  {'layout':<24}{'measured s':>11}{'predicted s':>12}{'error':>9}{'median step s':>15}   "
+        "per-round fastest / predicted",
+    ]
+    for n in names:
+        rounds_text = "  ".join(f"{r['measured'][n]:.3f}/{r['predicted'][n]:.3f}" for r in per_round)
+        lines.append(
+            f"  {n:<24}{measured[n]:>11.3f}{predicted[n]:>12.3f}{errors[n]:>+9.1%}{typical[n]:>15.3f}   "
+            f"{rounds_text}"
+        )
+    ok_mape = mape <= GOAL
+    ok_rank = not clear_discordant
+    lines += [
+        f"  MAPE {mape:.1%}   goal <= {GOAL:.0%}   {'PASS' if ok_mape else 'FAIL'}   (against the median "
+        f"steps instead: {mape_typical:.1%})",
+        f"  ranking: Spearman rho {rho:.3f}; {len(concordant)}/{len(pairs)} pairs ordered alike; of the "
+        f"{len(clear)} pairs measured >{GOAL:.0%} apart, {len(clear_discordant)} ordered differently   "
+        f"{'PASS' if ok_rank else 'FAIL'}"
+        + (f" ({', '.join(f'{a} / {b}' for a, b in clear_discordant)})" if clear_discordant else ""),
+    ]
+    return {
+        "rounds": per_round,
+        "measured": measured,
+        "predicted": predicted,
+        "errors": errors,
+        "mape": mape,
+        "mape_against_median_steps": mape_typical,
+        "median_steps": typical,
+        "spearman": rho,
+        "pairs_concordant": len(concordant),
+        "pairs": len(pairs),
+        "clear_pairs_discordant": clear_discordant,
+        "pass": ok_mape and ok_rank,
+        "text": "\n".join(lines),
+    }
+
+
+class CpuCalibrationView:
+    """The calibration as the header of table (B)."""
+
+    def __init__(self, data: dict):
+        self.data = data
+
+    def lines(self) -> list[str]:
+        from integration.planner.calibrate import CpuCalibration
+
+        d = self.data
+        calibrated = CpuCalibration.from_dict(d)
+        rates = ", ".join(
+            f"{n} at once {v / 1e9:.1f}" for n, v in sorted(d["gemm_flops_per_process"].items())
+        )
+        links = ", ".join(
+            f"{n} ranks α {c['latency_s'] * 1e6:.0f} µs β {c['bandwidth'] / 1e9:.2f} GB/s"
+            for n, c in sorted(d["collectives"].items())
+        )
+        m = d["model"]
+        points = ", ".join(f"mbs {b}: {t * 1e3:.0f} ms" for b, t in m["points"])
+        return [
+            "  calibration (round 1; every round recalibrates):",
+            f"    GEMM GFLOP/s per process: {rates} (effective cores "
+            f"{', '.join(f'{calibrated.cores(int(n)):.2f}' for n in sorted(d['gemm_flops_per_process'], key=int))})",
+            f"    model forward+backward: {points} -> {m['flops_per_s'] / 1e9:.1f} GFLOP/s + "
+            f"{m['overhead_s'] * 1e3:.1f} ms host time per micro-batch",
+            f"    optimizer step (engine, ZeRO 0) {d.get('optimizer_step_bytes_per_s', 0) / 1e9:.2f} GB/s, AdamW alone "
+            f"{d['adam_bytes_per_s'] / 1e9:.2f} GB/s (32 B/parameter); gloo all-reduce: {links}",
+            f"    DeepSpeed ZeRO-3: {d.get('zero3_tensor_s', 0) * 1e3:.2f} ms per parameter tensor per micro-batch",
+        ]
+
+
+# ------------------------------------------------------------------------------- (C) GPU memory
+
+
+def run_gpu_memory(steps: int) -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        text = "(C) GPU peak memory: skipped, no CUDA device visible (run this script on a GPU machine)"
+        return {"skipped": True, "text": text}
+    from importlib.util import find_spec
+
+    from integration.plan import model_vocab_size
+    from integration.planner.memory import GIB, ActivationShape, stage_memory
+    from integration.validate import validate
+
+    devices = min(4, torch.cuda.device_count())
+    gib = torch.cuda.get_device_properties(0).total_memory / GIB
+    cluster = [
+        "cluster.device=cuda",
+        "cluster.backend=nccl",
+        f"cluster.gpus_per_node={devices}",
+        f"cluster.gpu_memory_gib={gib:.0f}",
+        "precision=bf16",
+    ]
+    te = find_spec("transformer_engine") is not None
+    lines = [
+        f"(C) GPU peak memory on {devices} × {torch.cuda.get_device_name(0)}: planner (stage 0, no reserve) "
+        "vs torch.cuda.max_memory_allocated on rank 0",
+        f"  {'layout':<24}{'measured GiB':>13}{'predicted GiB':>14}{'error':>9}",
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, processes, overrides in LAYOUTS:
+            if processes > devices:
+                continue
+            extra = [*cluster[:2], f"cluster.gpus_per_node={processes}", *cluster[3:]]
+            run_rows = run_layout(processes, overrides, steps, Path(tmp) / name.replace(" ", "_"), extra)
+            measured = max(r["memory/peak_allocated_gib"] for r in run_rows) * GIB
+            config = compose([*MODEL, *RUN, *overrides, *extra])
+            layout = validate(config, processes, cuda_available=True, fused_norms_available=te).layout
+            vocab = model_vocab_size(config.model, config.data.tokenizer, config.data.vocab_size)
+            tp, pp, dp = layout.tensor_parallel, layout.pipeline_parallel, layout.data_parallel
+            recompute = config.model.recompute_granularity or "none"
+            shape = ActivationShape(
+                layout.micro_batch_size, tp, False, recompute, te, config.precision.dtype, torch_norms=not te
+            )
+            memory = stage_memory(
+                config.model, vocab, tp, pp, dp, 0, config.parallel.zero_stage, "none",
+                layout.gradient_accumulation_steps, shape,
+            )  # fmt: skip
+            error = memory.total / measured - 1
+            rows.append({"layout": name, "measured": measured, "predicted": memory.total, "error": error})
+            lines.append(f"  {name:<24}{measured / GIB:>13.3f}{memory.total / GIB:>14.3f}{error:>+9.1%}")
+    worst = max(abs(r["error"]) for r in rows)
+    ok = worst <= GOAL
+    lines.append(f"  largest |error| {worst:.1%}   goal <= {GOAL:.0%}   {'PASS' if ok else 'FAIL'}")
+    return {"rows": rows, "pass": ok, "text": "\n".join(lines)}
+
+
+# ----------------------------------------------------------------------------------------- main
+
+
+def header(started: dt.datetime) -> str:
+    cpu = "unknown"
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    versions = ", ".join(f"{n} {metadata.version(n)}" for n in ("torch", "deepspeed", "megatron-core"))
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "integration", "launch", "conf", "benchmarks"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return "\n".join(
+        [
+            "=" * 100,
+            "hydraspeed planner accuracy: predictions vs measurements",
+            f"date      {started.strftime('%Y-%m-%d %H:%M:%S')} UTC",
+            f"machine   {cpu}; {os.cpu_count()} logical cores; python {platform.python_version()}; {versions}",
+            f"source    {commit}{' + uncommitted changes' if dirty else ''}",
+            f"load      {load_average()} (1/5/15 min) at start; OMP_NUM_THREADS=1 per process",
+            "model     step-time layouts: gpt_tiny at hidden 256 / ffn 1024 / 4 layers / seq 128 (3.3 M "
+            "parameters), fp32, global batch 8, stability=off",
+            "=" * 100,
+        ]
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker == "activations":
+        return worker_activations(Path(args.worker_args[0]), json.loads(args.worker_args[1]))
+    workers = {"world": worker_world, "engine": worker_engine, "zero3": worker_zero3}
+    if args.worker in workers:
+        return workers[args.worker](Path(args.worker_args[0]))
+    started = dt.datetime.now(dt.UTC)
+    print(header(started), flush=True)
+    result: dict = {"date_utc": started.isoformat(timespec="seconds"), "load_start": load_average()}
+    if not args.skip_activations:
+        result["activations"] = run_activations()
+        print(result["activations"]["text"], "\n", flush=True)
+    if not args.skip_time:
+        result["time"] = run_time(args.rounds, args.steps, args.layouts)
+        print(result["time"]["text"], "\n", flush=True)
+    result["gpu_memory"] = run_gpu_memory(args.steps)
+    print(result["gpu_memory"]["text"])
+    print(f"\nload at end {load_average()}")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        print(f"results written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

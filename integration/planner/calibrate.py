@@ -1,0 +1,307 @@
+"""One-off calibration of a CPU machine for the planner's time model (timing.py): the facts a GPU
+preset states from a datasheet, measured here with microbenchmarks that run no training layout.
+
+- dense GEMM FLOP/s of one process at the model's MLP shape, alone and with n processes computing
+  at once (how many cores the node's processes really get);
+- the model's forward + backward on one process (our DeepSpeed engine, inside a gradient
+  accumulation window) at micro-batch sizes 1-8: the slope is the FLOP/s a transformer reaches
+  (compute efficiency = that / the GEMM peak), the intercept the host time per micro-batch that
+  does not shrink with the batch (Python dispatch of every op: a GPU hides it behind its kernels,
+  a CPU runs it on the critical path);
+- the optimizer step of a one-process DeepSpeed engine over the model (torch AdamW tensor by
+  tensor, clipping, bookkeeping): its effective memory bandwidth;
+- gloo all-reduce at a small and a large size: the ring model's latency α and bandwidth β;
+- DeepSpeed ZeRO-3 on a toy stack of linear layers against ZeRO-1: its cost per parameter tensor
+  (fetch and release hooks, the gathers, the per-parameter gradient reduce-scatter).
+
+Every measurement is the fastest of several chunks of work lasting ~0.1 s or more (the least
+disturbed by other jobs on a shared machine, as timeit advises); benchmarks/planner_accuracy.py
+takes the fastest training steps likewise.
+
+Imports torch, unlike the rest of the planner: benchmarks/planner_accuracy.py runs it; the planner
+reads only the resulting numbers (`CpuCalibration.cluster`, `.settings`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from integration.config.schema import ClusterConfig
+from integration.planner.settings import PlannerSettings
+from integration.planner.timing import OPTIMIZER_BYTES_PER_PARAM
+
+CHUNK_S = 0.1
+"""Shortest timed chunk: a time slice of the OS scheduler is a few ms, a step a few 100 ms."""
+
+
+def best_seconds(run: Callable[[], object], chunks: int = 7, calls: int | None = None) -> float:
+    """Seconds per call of `run` in the fastest of `chunks` chunks of at least CHUNK_S (calls per
+    chunk chosen from a first timed call unless given: a collective needs the same count on every
+    rank)."""
+    start = time.perf_counter()
+    run()  # warm-up, and the size of a chunk
+    if calls is None:
+        calls = max(1, round(CHUNK_S / max(time.perf_counter() - start, 1e-6)))
+    per_call = []
+    for _ in range(chunks):
+        start = time.perf_counter()
+        for _ in range(calls):
+            run()
+        per_call.append((time.perf_counter() - start) / calls)
+    return min(per_call)
+
+
+def gemm_flops(tokens: int, hidden: int, width: int, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of [tokens, hidden] × [hidden, width], the shape of a transformer's MLP GEMM."""
+    a = torch.randn(tokens, hidden, dtype=dtype)
+    b = torch.randn(hidden, width, dtype=dtype)
+    return 2 * tokens * hidden * width / best_seconds(lambda: a @ b)
+
+
+def concurrent_gemm_flops(
+    group, tokens: int, hidden: int, width: int, seconds: float = 0.5, repeats: int = 3
+) -> float:
+    """FLOP/s of each process while every rank of `group` runs the same GEMMs at once: the same
+    count of GEMMs on every rank (rank 0's ~`seconds` worth), started together, timed until the
+    last rank is done. The OS does not share the cores evenly (some ranks finish first, then the
+    rest speed up); a synchronous training step waits for its slowest rank, so the rate that
+    matters is the work over that makespan. The fastest of `repeats`."""
+    a, b = torch.randn(tokens, hidden), torch.randn(hidden, width)
+    for _ in range(5):  # warm-up: the first calls allocate
+        a @ b
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    count = torch.tensor([max(1, round(seconds / max((time.perf_counter() - start) / 10, 1e-6)))])
+    dist.broadcast(count, src=dist.get_process_group_ranks(group)[0], group=group)
+    best = float("inf")
+    for _ in range(repeats):
+        dist.barrier(group=group)
+        start = time.perf_counter()
+        for _ in range(int(count)):
+            a @ b
+        makespan = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+        dist.all_reduce(makespan, op=dist.ReduceOp.MAX, group=group)
+        best = min(best, float(makespan))
+    return 2 * tokens * hidden * width * int(count) / best
+
+
+@dataclass(frozen=True)
+class ModelPass:
+    """Forward + backward of one micro-batch on one process: seconds = overhead + flops / rate."""
+
+    flops_per_s: float
+    """Hardware FLOPs (timing.hardware_flops_per_token) per second of the slope."""
+    overhead_s: float
+    """The intercept: host time per micro-batch, whatever its size."""
+    points: tuple[tuple[int, float], ...]
+    """(micro-batch size, median seconds) measured."""
+
+
+def model_pass(
+    micro_batch: Callable[[int], None], flops_per_sample: float, sizes: tuple[int, ...] = (1, 2, 4, 8)
+) -> ModelPass:
+    """`micro_batch(b)` runs one forward and backward of b samples through the model (our DeepSpeed
+    engine on one process, inside a gradient-accumulation window: no optimizer step)."""
+    points = [(b, best_seconds(lambda b=b: micro_batch(b))) for b in sizes]
+    per_sample, overhead = _line(points)
+    return ModelPass(flops_per_sample / per_sample, max(0.0, overhead), tuple(points))
+
+
+def _line(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares slope and intercept of seconds over micro-batch size."""
+    n = len(points)
+    mean_b = sum(b for b, _ in points) / n
+    mean_t = sum(t for _, t in points) / n
+    slope = sum((b - mean_b) * (t - mean_t) for b, t in points) / sum((b - mean_b) ** 2 for b, _ in points)
+    return slope, mean_t - slope * mean_b
+
+
+def optimizer_step_bytes_per_s(engine, micro_batch: Callable[[], None], parameters: int) -> float:
+    """The real optimizer step of a one-process DeepSpeed engine (integration.engine.build_engine
+    over the model, ZeRO 0, one micro-batch per step): torch AdamW tensor by tensor, gradient
+    clipping and the engine's bookkeeping, in bytes of OPTIMIZER_BYTES_PER_PARAM per parameter per
+    second: the bandwidth timing.py divides the step's parameters by. `micro_batch` runs one
+    forward and backward (untimed) before each timed step."""
+    best = float("inf")
+    for i in range(8):
+        micro_batch()
+        start = time.perf_counter()
+        engine.step()
+        if i >= 1:  # the first step builds the optimizer state
+            best = min(best, time.perf_counter() - start)
+    return parameters * OPTIMIZER_BYTES_PER_PARAM / best
+
+
+def adam_bytes_per_s(numel: int) -> float:
+    """torch AdamW (what our ds_config runs, `torch_adam`) over one flat fp32 tensor, in bytes of
+    OPTIMIZER_BYTES_PER_PARAM per parameter per second: the bandwidth timing.py divides by."""
+    param = torch.nn.Parameter(torch.randn(numel))
+    param.grad = torch.randn(numel)
+    optimizer = torch.optim.AdamW([param], lr=1e-4)
+    return numel * OPTIMIZER_BYTES_PER_PARAM / best_seconds(optimizer.step)
+
+
+def zero3_tensor_seconds(modules: int = 8, width: int = 512, tokens: int = 256) -> float:
+    """DeepSpeed's ZeRO-3 cost per parameter tensor per micro-batch on this machine, from a toy stack
+    of `modules` Linear(width, width) layers (weights above stage3_param_persistence_threshold, so
+    gathered in forward and in backward; every gradient reduce-scattered): forward + backward at
+    ZeRO-3 minus the same at ZeRO-1, per parameter tensor (weight and bias). Call on every rank of
+    the world (2 processes, no other groups needed)."""
+    import deepspeed
+
+    seconds = {}
+    for stage in (1, 3):
+        torch.manual_seed(0)
+        toy = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(modules)])
+        config = {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": stage},
+            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
+            "steps_per_print": 10**9,
+        }
+        engine, *_ = deepspeed.initialize(model=toy, model_parameters=toy.parameters(), config=config)
+        x = torch.randn(tokens, width)
+
+        def micro_batch(engine=engine, x=x):
+            engine.backward(engine(x).square().mean())
+
+        seconds[stage] = best_seconds(micro_batch, chunks=5, calls=10)
+        engine.destroy()
+    return max(0.0, seconds[3] - seconds[1]) / (2 * modules)
+
+
+@dataclass(frozen=True)
+class Collective:
+    size: int
+    """Ranks in the group."""
+    latency_s: float
+    """α of the ring model: a small all-reduce's time / 2(n-1)."""
+    bandwidth: float
+    """β in bytes/s: from a large all-reduce, 2(n-1)/n · B / (t - 2(n-1)α)."""
+
+
+def all_reduce_alpha_beta(group, size: int, small: int = 1024, large: int = 4 << 20) -> Collective:
+    """Call on every rank of the world with `group` (None on ranks outside it, which only wait)."""
+    inside = group is not None
+    times = {}
+    for nbytes, calls in ((small, 100), (large, 8)):
+        buffer = torch.ones(nbytes // 4)
+        dist.barrier()
+        if inside:
+            times[nbytes] = best_seconds(
+                lambda buffer=buffer: dist.all_reduce(buffer, group=group), calls=calls
+            )
+        dist.barrier()
+    if not inside:
+        return Collective(size, 0.0, 0.0)
+    steps = 2 * (size - 1)
+    alpha = times[small] / steps
+    bandwidth = steps / size * large / max(times[large] - steps * alpha, 1e-9)
+    return Collective(size, alpha, bandwidth)
+
+
+@dataclass(frozen=True)
+class CpuCalibration:
+    gemm_flops_per_process: dict[int, float]
+    """n → GEMM FLOP/s of each of n processes computing at once (n = 1: alone)."""
+    model: ModelPass
+    adam_bytes_per_s: float
+    """torch AdamW alone over one flat buffer (for reference)."""
+    collectives: dict[int, Collective]
+    """Group size → all-reduce α and β."""
+    zero3_tensor_s: float = 0.0
+    """DeepSpeed ZeRO-3 seconds per parameter tensor per micro-batch (zero3_tensor_seconds)."""
+    optimizer_step_bytes_per_s: float = 0.0
+    """The engine's whole optimizer step (optimizer_step_bytes_per_s); 0: use adam_bytes_per_s."""
+
+    def cores(self, processes: int | None = None) -> float:
+        """Cores `processes` processes effectively get: computing at once, each runs at
+        rate(n)/rate(1) of one process alone, so together like n·rate(n)/rate(1) lone processes
+        (capped at n). The nearest measured n at or above `processes`; None: the largest."""
+        rates = self.gemm_flops_per_process
+        n = min((k for k in rates if processes is None or k >= processes), default=max(rates))
+        if processes is None:
+            n = max(rates)
+        return min(float(n), n * rates[n] / rates[1])
+
+    def settings(self, base: PlannerSettings | None = None) -> PlannerSettings:
+        """compute_efficiency: the model's rate over the GEMM peak."""
+        base = base or PlannerSettings()
+        efficiency = self.model.flops_per_s / self.gemm_flops_per_process[1]
+        return dataclasses.replace(base, compute_efficiency=efficiency)
+
+    def cluster(
+        self,
+        base: ClusterConfig,
+        dtype: str,
+        num_layers: int,
+        processes: int | None = None,
+        link_size: int = 2,
+    ) -> ClusterConfig:
+        """`base` (e.g. local_cpu) with the measured facts, for `processes` processes on the node
+        (gpus_per_node; cores_per_node as measured at that count). The link's α and β are those of
+        the all-reduce over `link_size` ranks (the tensor and data groups of 2-4 CPU processes)."""
+        link = self.collectives[link_size]
+        sized = {"num_nodes": 1, "gpus_per_node": processes} if processes else {}
+        return dataclasses.replace(
+            base,
+            **sized,
+            **{f"peak_tflops_{dtype}": self.gemm_flops_per_process[1] / 1e12},
+            gpu_memory_bandwidth_gb_per_s=(self.optimizer_step_bytes_per_s or self.adam_bytes_per_s) / 1e9,
+            intra_node_bandwidth_gb_per_s=link.bandwidth / 1e9,
+            intra_node_latency_us=link.latency_s * 1e6,
+            host_overhead_per_layer_us=self.model.overhead_s / num_layers * 1e6,
+            cores_per_node=self.cores(processes),
+            zero3_tensor_overhead_us=self.zero3_tensor_s * 1e6,
+        )
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "cores": {n: self.cores(n) for n in self.gemm_flops_per_process}}
+
+    @staticmethod
+    def from_dict(data: dict) -> CpuCalibration:
+        return CpuCalibration(
+            gemm_flops_per_process={int(k): v for k, v in data["gemm_flops_per_process"].items()},
+            model=ModelPass(
+                data["model"]["flops_per_s"],
+                data["model"]["overhead_s"],
+                tuple(tuple(p) for p in data["model"]["points"]),
+            ),
+            adam_bytes_per_s=data["adam_bytes_per_s"],
+            collectives={int(k): Collective(**v) for k, v in data["collectives"].items()},
+            zero3_tensor_s=data.get("zero3_tensor_s", 0.0),
+            optimizer_step_bytes_per_s=data.get("optimizer_step_bytes_per_s", 0.0),
+        )
+
+
+def calibrate_world(micro_batch_size: int, seq_length: int, hidden: int, ffn: int) -> dict | None:
+    """The part that needs several processes: GEMM rates with 1, 2 and all ranks at once, and
+    all-reduce α/β over 2 and all ranks. Run on every rank of a CPU world (2 or 4 processes);
+    the result on rank 0, None elsewhere."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    tokens = micro_batch_size * seq_length
+    rates = {}
+    for n in sorted({1, 2, world}):
+        group = dist.new_group(list(range(n)))
+        dist.barrier()
+        if rank < n:
+            rates[n] = concurrent_gemm_flops(group, tokens, hidden, ffn)
+        dist.barrier()
+    collectives = {}
+    for n in sorted({2, world}):
+        group = dist.new_group(list(range(n)))
+        collectives[n] = all_reduce_alpha_beta(group if rank < n else None, n)
+    if rank != 0:
+        return None
+    return {
+        "gemm_flops_per_process": rates,
+        "collectives": {n: dataclasses.asdict(c) for n, c in collectives.items()},
+    }
