@@ -166,6 +166,8 @@ LAYOUTS = {  # name: (processes, launcher, overrides)
     "single-bf16": (1, "python", ["parallel=single", "precision=bf16"]),  # FP16_UnfusedOptimizer
     "dp-bf16": (2, "deepspeed", ["parallel=dp", "precision=bf16"]),  # ZeRO 1 in bf16
     "tp2-pp2": (4, "deepspeed", ["parallel=tp2_pp2"]),  # pipeline engine with tensor parallel stages
+    # ZeRO-Offload: master weights and Adam moments in DeepSpeedCPUAdam's host partitions
+    "dp-offload": (2, "deepspeed", ["parallel=dp", "parallel.zero_stage=2", "offload=optimizer_cpu"]),
 }
 
 
@@ -194,6 +196,8 @@ def uninterrupted(tmp_path_factory):
         ("dp-zero3", "tp2-zero3"),  # ZeRO 3 across a tensor-parallel change
         ("dp-zero3", "tp2-pp2"),  # the example: data parallel -> 3D layout
         ("single-bf16", "dp-bf16"),  # bf16: fp32 masters carried over, bf16 weights cut from them
+        ("dp-offload", "tp2"),  # out of CPU Adam's host partitions into a device optimizer
+        ("single", "dp-offload"),  # and into them
     ],
 )
 def test_resume_on_another_layout_continues_the_old_curve(uninterrupted, tmp_path, old, new):
