@@ -74,6 +74,9 @@ def test_kill_minus_nine_then_relaunch_continues_bit_for_bit(tmp_path):
         ("tp2", 2, ["parallel=tp2"]),
         ("pp2", 2, ["parallel=pp2"]),
         ("zero3", 2, ["parallel=dp", "parallel.zero_stage=3"]),
+        # 2D blocks (no Megatron-Core partition_dim) through the manifest and back; one sample per
+        # step keeps 4 processes on 2 cores short.
+        ("tp2d", 4, ["parallel=tp2d_2x2", "parallel.global_batch_size=2"]),
     ],
 )
 def test_stop_and_resume_is_bitwise(tmp_path, name, nprocs, layout):
