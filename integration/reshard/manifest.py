@@ -49,6 +49,10 @@ class ParamRecord:
     weight: list[str] | None = None
     """(file, key) of the parameter in the saved module weights; only for the `torch` kind, whose
     fp32 masters are the module weights."""
+    grid_block: bool = False
+    """A block of 2D tensor parallelism's q×q grid (integration.tp2d), cut along two dimensions, so
+    `partition_dim` (None) does not describe it. 2D checkpoints are never converted
+    (checkpoint._check_convertible refuses it); the record only names the parameter."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,8 @@ def record(engine, root: Path, tag: str) -> RankManifest:
     weights = _module_weight_locations(engine, root, tag, model_file) if kind == TORCH else {}
     params = {}
     for name, param in module.named_parameters():
-        partition_dim, stride = tensor_parallel_cut(param)
+        grid_block = bool(getattr(param, "grid_block_2d", False))
+        partition_dim, stride = (None, 1) if grid_block else tensor_parallel_cut(param)
         params[name] = ParamRecord(
             canonical=canonical[name],
             shape=local_shape(param),
@@ -172,6 +177,7 @@ def record(engine, root: Path, tag: str) -> RankManifest:
             stride=stride,
             replica=bool(getattr(param, "ds_pipe_replicated", False)),
             weight=weights.get(id(param)),
+            grid_block=grid_block,
         )
     manifest = RankManifest(
         rank=dist.get_rank(),

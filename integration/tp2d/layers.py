@@ -26,6 +26,8 @@ def _check_divides(name: str, size: int, by: int) -> None:
 def _shard_parameter(data: torch.Tensor) -> nn.Parameter:
     param = nn.Parameter(data)
     param.tensor_model_parallel = True
+    # Not a Megatron-Core cut (no single partition_dim): checkpoint manifests record it as a block.
+    param.grid_block_2d = True
     return param
 
 
