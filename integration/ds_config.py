@@ -61,6 +61,10 @@ def build_deepspeed_config(
         "steps_per_print": _QUIET,
         "wall_clock_breakdown": False,
     }
+    if parallel.tensor_parallel_2d and layout.pipeline_parallel > 1:
+        # DeepSpeed's defaults (true) send 1/tp of an activation it assumes replicated over the
+        # tensor group and all-gather it on the next stage; 2D blocks differ on every grid rank.
+        config["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
     if precision.dtype == "bf16":
         config["bf16"] = {"enabled": True}
     elif precision.dtype == "fp16":

@@ -10,6 +10,7 @@ TiedLayerSpec shared by the first and last stage; DeepSpeed all-reduces the tied
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -56,6 +57,9 @@ class EmbeddingPipe(torch.nn.Module):
         logits, _ = self.output_layer(hidden, weight=self.embedding.word_embeddings.weight)
         return logits
 
+    def gpt_model_path(self) -> tuple[str, str]:
+        return "embedding", "embedding"
+
 
 def _tied_lm_head(module: EmbeddingPipe, hidden):
     return module.lm_head(hidden)
@@ -94,6 +98,9 @@ class TransformerLayerPipe(torch.nn.Module):
         out, _ = self.layer(hidden_states=hidden, attention_mask=None, rotary_pos_emb=rotary)
         return out
 
+    def gpt_model_path(self) -> tuple[str, str]:
+        return "layer", f"decoder.layers.{self.layer.layer_number - 1}"
+
 
 class FinalNormPipe(torch.nn.Module):
     def __init__(self, config: TransformerConfig):
@@ -104,6 +111,9 @@ class FinalNormPipe(torch.nn.Module):
 
     def forward(self, hidden):
         return self.norm(hidden)
+
+    def gpt_model_path(self) -> tuple[str, str]:
+        return "norm", "decoder.final_layernorm"
 
 
 class OutputPipe(torch.nn.Module):
@@ -116,6 +126,9 @@ class OutputPipe(torch.nn.Module):
     def forward(self, hidden):
         logits, _ = self.output_layer(hidden)
         return logits
+
+    def gpt_model_path(self) -> tuple[str, str]:
+        return "output_layer", "output_layer"
 
 
 class LanguageModelLoss:
@@ -132,20 +145,41 @@ class LanguageModelLoss:
         self.z_loss_sum = 0.0
         self.micro_batches = 0
 
+    @property
+    def wants_z_loss(self) -> bool:
+        return self.z_loss > 0 and torch.is_grad_enabled()
+
+    def terms(self, logits, tokens, loss_mask):
+        """(masked mean cross entropy, z-loss term or None) of one micro-batch."""
+        # First: the cross entropy below overwrites the logits with probabilities in place.
+        z_term = z_loss(logits, loss_mask, self.z_loss) if self.wants_z_loss else None
+        per_token = tensor_parallel.vocab_parallel_cross_entropy(logits, tokens.transpose(0, 1).contiguous())
+        return masked_mean(per_token.transpose(0, 1), loss_mask), z_term
+
     def __call__(self, logits, labels):
         tokens, loss_mask = labels
-        # First: the cross entropy below overwrites the logits with probabilities in place.
-        z_term = (
-            z_loss(logits, loss_mask, self.z_loss) if self.z_loss > 0 and torch.is_grad_enabled() else None
-        )
-        per_token = tensor_parallel.vocab_parallel_cross_entropy(logits, tokens.transpose(0, 1).contiguous())
-        loss = masked_mean(per_token.transpose(0, 1), loss_mask)
+        loss, z_term = self.terms(logits, tokens, loss_mask)
         self.cross_entropy_sum = self.cross_entropy_sum + loss.detach().float()
         self.micro_batches += 1
         if z_term is None:
             return loss
         self.z_loss_sum = self.z_loss_sum + z_term.detach()
         return loss + z_term
+
+
+@dataclass(frozen=True)
+class StageClasses:
+    """The module classes the stages are built from, each taking the 1D class's constructor
+    arguments plus `extra` as keywords, and each naming its GPTModel path (`gpt_model_path`)."""
+
+    embedding: type
+    layer: type
+    final_norm: type
+    output: type
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+MEGATRON_STAGES = StageClasses(EmbeddingPipe, TransformerLayerPipe, FinalNormPipe, OutputPipe)
 
 
 def build_pipeline_module(
@@ -156,6 +190,7 @@ def build_pipeline_module(
     seed: int,
     layout: Layout,
     loss_fn: LanguageModelLoss,
+    stages: StageClasses = MEGATRON_STAGES,
 ):
     from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
@@ -166,30 +201,32 @@ def build_pipeline_module(
     config = transformer_config(model, parallel, dtype, pipeline_model_parallel_size=1)
     spec = layer_spec(model, seed)
     tied = model.share_embeddings_and_output_weights
+    extra = stages.extra
     embed = (
         TiedLayerSpec(
             "embed",
-            EmbeddingPipe,
+            stages.embedding,
             config,
             model,
             vocab_size,
             seed,
             True,
             tied_weight_attr="embedding.word_embeddings.weight",
+            **extra,
         )
         if tied
-        else LayerSpec(EmbeddingPipe, config, model, vocab_size, seed, False)
+        else LayerSpec(stages.embedding, config, model, vocab_size, seed, False, **extra)
     )
     layers: list[Any] = [embed]
     layers += [
-        LayerSpec(TransformerLayerPipe, config, spec, n, model) for n in range(1, model.num_layers + 1)
+        LayerSpec(stages.layer, config, spec, n, model, **extra) for n in range(1, model.num_layers + 1)
     ]
-    layers.append(LayerSpec(FinalNormPipe, config))
+    layers.append(LayerSpec(stages.final_norm, config, **extra))
     if tied:
         layers.append(
             TiedLayerSpec(
                 "embed",
-                EmbeddingPipe,
+                stages.embedding,
                 config,
                 model,
                 vocab_size,
@@ -197,16 +234,16 @@ def build_pipeline_module(
                 True,
                 forward_fn=_tied_lm_head,
                 tied_weight_attr="embedding.word_embeddings.weight",
+                **extra,
             )
         )
     else:
-        layers.append(LayerSpec(OutputPipe, config, vocab_size))
+        layers.append(LayerSpec(stages.output, config, vocab_size, **extra))
     topology = PipeModelDataParallelTopology(
         num_pp=layout.pipeline_parallel, num_mp=layout.tensor_parallel, num_dp=layout.data_parallel
     )
-    method = (
-        "type:TransformerLayerPipe" if parallel.partition_method == "uniform" else parallel.partition_method
-    )
+    layer_class = stages.layer.__name__
+    method = f"type:{layer_class}" if parallel.partition_method == "uniform" else parallel.partition_method
     module = PipelineModule(
         layers=layers,
         topology=topology,
@@ -214,7 +251,7 @@ def build_pipeline_module(
         partition_method=method,
         activation_checkpoint_interval=parallel.activation_checkpoint_interval,
         # The embedding stage's inputs need no grad; reentrant checkpointing of it would break.
-        checkpointable_layers=["TransformerLayerPipe"],
+        checkpointable_layers=[layer_class],
     )
     check_topology_agrees(topology)
     if torch.cuda.is_available():
@@ -224,33 +261,18 @@ def build_pipeline_module(
 
 def dense_parameter_names(module) -> dict[str, str]:
     """This stage's parameter names (`tied_modules.embed.embedding...`, `3.layer...`) mapped to
-    GPTModel's (`embedding...`, `decoder.layers.2...`): the stages hold the same Megatron-Core
-    modules, so only the path differs. Checkpoint conversion across layouts goes through these."""
+    GPTModel's (`embedding...`, `decoder.layers.2...`): each stage module holds its GPTModel
+    counterpart under one attribute (`gpt_model_path`), so only the path differs. Checkpoint
+    conversion across layouts goes through these."""
     names = {}
     for prefix, part in module.named_modules():
-        if isinstance(part, EmbeddingPipe):
-            pairs = [
-                (f"{prefix}.embedding.{n}", f"embedding.{n}") for n, _ in part.embedding.named_parameters()
-            ]
-        elif isinstance(part, TransformerLayerPipe):
-            index = part.layer.layer_number - 1
-            pairs = [
-                (f"{prefix}.layer.{n}", f"decoder.layers.{index}.{n}")
-                for n, _ in part.layer.named_parameters()
-            ]
-        elif isinstance(part, FinalNormPipe):
-            pairs = [
-                (f"{prefix}.norm.{n}", f"decoder.final_layernorm.{n}")
-                for n, _ in part.norm.named_parameters()
-            ]
-        elif isinstance(part, OutputPipe):
-            pairs = [
-                (f"{prefix}.output_layer.{n}", f"output_layer.{n}")
-                for n, _ in part.output_layer.named_parameters()
-            ]
-        else:
+        if not hasattr(part, "gpt_model_path"):
             continue
-        names.update(pairs)
+        attribute, dense = part.gpt_model_path()
+        names.update(
+            (f"{prefix}.{attribute}.{n}", f"{dense}.{n}")
+            for n, _ in getattr(part, attribute).named_parameters()
+        )
     unmapped = sorted({name for name, _ in module.named_parameters()} - set(names))
     if unmapped:
         raise RuntimeError(f"pipeline parameters with no GPTModel name: {unmapped}")
@@ -361,10 +383,15 @@ class PipelineStep:
 
         from integration.engine import start_schedule
 
-        loss_fn = LanguageModelLoss(stability.z_loss)
-        module = build_pipeline_module(model, parallel, dtype, vocab_size, seed, layout, loss_fn)
+        if parallel.tensor_parallel_2d:
+            from integration.tp2d.stages import stages_2d
+
+            stages, loss_fn = stages_2d(stability.z_loss)
+        else:
+            stages, loss_fn = MEGATRON_STAGES, LanguageModelLoss(stability.z_loss)
+        module = build_pipeline_module(model, parallel, dtype, vocab_size, seed, layout, loss_fn, stages)
         lookups = [
-            part.embedding.word_embeddings for part in module.modules() if isinstance(part, EmbeddingPipe)
+            part.embedding.word_embeddings for part in module.modules() if isinstance(part, stages.embedding)
         ]
         install_model_hooks(module, lookups, stability)
         groups = parameter_groups(module, optim.weight_decay, optim.no_decay_on_embeddings_norms_biases)

@@ -213,7 +213,8 @@ def _check_model(cfg: TrainConfig, p: _Problems) -> None:
         p.check(
             model.num_layers % pp == 0,
             f"model.num_layers: {model.num_layers} is not divisible by pipeline_model_parallel_size"
-            f"({pp}); choose pp dividing the layers or parallel.partition_method=parameters",
+            f"({pp}); choose pp dividing the layers"
+            + ("" if par.tensor_parallel_2d else " or parallel.partition_method=parameters"),
         )
     else:
         p.check(
@@ -425,11 +426,20 @@ def _check_tensor_parallel_2d(cfg: TrainConfig, p: _Problems) -> None:
     ):
         return
     fix = "or set parallel.tensor_parallel_2d=false"
-    p.check(
-        par.pipeline_model_parallel_size == 1,
-        f"parallel.pipeline_model_parallel_size: {par.pipeline_model_parallel_size} — 2D tensor "
-        f"parallelism runs without pipeline stages; set parallel.pipeline_model_parallel_size=1 {fix}",
-    )
+    if par.pipeline_model_parallel_size > 1:
+        # The 2D stages (integration/tp2d/stages.py) are split by DeepSpeed's type: partition.
+        p.check(
+            par.partition_method == "uniform",
+            f"parallel.partition_method: {par.partition_method!r} — pipeline stages with 2D tensor "
+            f"parallelism are split uniformly (equal transformer layers per stage); set "
+            f"parallel.partition_method=uniform {fix}",
+        )
+        p.check(
+            par.activation_checkpoint_interval == 0,
+            f"parallel.activation_checkpoint_interval: {par.activation_checkpoint_interval} — 2D tensor "
+            f"parallelism has no activation checkpointing yet; set parallel.activation_checkpoint_interval=0 "
+            f"{fix}",
+        )
     p.check(
         not par.sequence_parallel,
         "parallel.sequence_parallel: true — 2D tensor parallelism already splits the tokens over grid "

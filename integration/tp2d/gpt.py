@@ -19,7 +19,9 @@ from integration.tp2d.grid import Grid2D, build_grid_from_megatron
 from integration.tp2d.layers import Embedding2D, LayerNorm2D, Linear2D, VocabProjection2D, cross_entropy_2d
 
 
-class _Embedding(nn.Module):
+class LanguageModelEmbedding2D(nn.Module):
+    """Megatron's learned word + position embedding: the full batch of ids in, [b/q, s, h/q] out."""
+
     def __init__(self, vocab: int, positions: int, hidden: int, grid: Grid2D, std: float):
         super().__init__()
         self.word_embeddings = Embedding2D(vocab, hidden, grid, std)
@@ -29,24 +31,26 @@ class _Embedding(nn.Module):
         return self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
 
 
+def transformer_layer_2d(model: ModelConfig, grid: Grid2D) -> TransformerLayer2D:
+    """One transformer layer of the model in the 2D layout (random weights; load the full ones)."""
+    std = model.init_method_std
+    return TransformerLayer2D(
+        model.hidden_size,
+        model.num_attention_heads,
+        model.ffn_hidden_size or 4 * model.hidden_size,
+        grid,
+        bias=model.add_bias_linear,
+        eps=model.layernorm_epsilon,
+        init_std=std,
+        output_std=std / (2.0 * model.num_layers) ** 0.5,
+        qk_layernorm=model.qk_layernorm,
+    )
+
+
 class _Decoder(nn.Module):
     def __init__(self, model: ModelConfig, grid: Grid2D):
         super().__init__()
-        std = model.init_method_std
-        self.layers = nn.ModuleList(
-            TransformerLayer2D(
-                model.hidden_size,
-                model.num_attention_heads,
-                model.ffn_hidden_size or 4 * model.hidden_size,
-                grid,
-                bias=model.add_bias_linear,
-                eps=model.layernorm_epsilon,
-                init_std=std,
-                output_std=std / (2.0 * model.num_layers) ** 0.5,
-                qk_layernorm=model.qk_layernorm,
-            )
-            for _ in range(model.num_layers)
-        )
+        self.layers = nn.ModuleList(transformer_layer_2d(model, grid) for _ in range(model.num_layers))
         self.final_layernorm = LayerNorm2D(model.hidden_size, grid, model.layernorm_epsilon)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +68,9 @@ class GPT2D(nn.Module):
         super().__init__()
         self.grid = grid
         positions = model.max_position_embeddings or model.seq_length
-        self.embedding = _Embedding(vocab_size, positions, model.hidden_size, grid, model.init_method_std)
+        self.embedding = LanguageModelEmbedding2D(
+            vocab_size, positions, model.hidden_size, grid, model.init_method_std
+        )
         self.decoder = _Decoder(model, grid)
         tied = self.embedding.word_embeddings if model.share_embeddings_and_output_weights else None
         self.output_layer = VocabProjection2D(
@@ -80,31 +86,37 @@ class GPT2D(nn.Module):
             return logits
         return cross_entropy_2d(logits, labels, self.grid)
 
-    @torch.no_grad()
     def load_full_state(self, full: dict[str, torch.Tensor]) -> None:
         """Full (unsharded) parameters under Megatron-Core GPTModel's names and conventions."""
-        used = set()
+        load_full_state(self, full)
 
-        def take(name: str) -> torch.Tensor:
-            used.add(name)
-            return full[name]
 
-        for name, module in self.named_modules():
-            prefix = f"{name}." if name else ""
-            if isinstance(module, VocabProjection2D):
-                if module.weight is not None:  # untied
-                    module.load_full(take(prefix + "weight"))
-            elif isinstance(module, Embedding2D):
-                module.load_full(take(prefix + "weight"))
-            elif isinstance(module, (Linear2D, LayerNorm2D)):
-                bias = take(prefix + "bias") if module.bias is not None else None
-                module.load_full(take(prefix + "weight"), bias)
-            elif isinstance(module, nn.LayerNorm):  # QK-layernorm, replicated
-                module.weight.copy_(take(prefix + "weight"))
-                module.bias.copy_(take(prefix + "bias"))
-        unused = sorted(set(full) - used)
-        if unused:
-            raise ValueError(f"parameters with no 2D counterpart: {unused}")
+@torch.no_grad()
+def load_full_state(module: nn.Module, full: dict[str, torch.Tensor]) -> None:
+    """Cut full (unsharded) parameters, named as the 2D module's own paths in Megatron-Core's
+    conventions, into this rank's blocks. Every entry must be used."""
+    used = set()
+
+    def take(name: str) -> torch.Tensor:
+        used.add(name)
+        return full[name]
+
+    for name, part in module.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(part, VocabProjection2D):
+            if part.weight is not None:  # untied
+                part.load_full(take(prefix + "weight"))
+        elif isinstance(part, Embedding2D):
+            part.load_full(take(prefix + "weight"))
+        elif isinstance(part, (Linear2D, LayerNorm2D)):
+            bias = take(prefix + "bias") if part.bias is not None else None
+            part.load_full(take(prefix + "weight"), bias)
+        elif isinstance(part, nn.LayerNorm):  # QK-layernorm, replicated
+            part.weight.copy_(take(prefix + "weight"))
+            part.bias.copy_(take(prefix + "bias"))
+    unused = sorted(set(full) - used)
+    if unused:
+        raise ValueError(f"parameters with no 2D counterpart: {unused}")
 
 
 def gather_full_parameters(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -74,20 +74,47 @@ def test_gpt_tp2d_matches_single_process(tmp_path):
     assert z_terms == pytest.approx([r["stability/z_loss"] for r in single.train_rows], rel=1e-4)
 
 
-def test_gpt_tp2d_with_data_parallel_and_zero3_matches_single_process(tmp_path):
+# Global batch 4: micro-batches of 2, so DP2 takes one each and a pipeline runs two through its stages.
+EIGHT_PROCESS_RUN = [*COMMON, "parallel.global_batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def single_batch_4(tmp_path_factory):
+    return train(
+        tmp_path_factory.mktemp("single_b4"), [*EIGHT_PROCESS_RUN, "parallel=single"], launcher="python"
+    )
+
+
+def test_gpt_tp2d_with_data_parallel_and_zero3_matches_single_process(tmp_path, single_batch_4):
     """A 2×2 grid × data parallel 2 (8 processes) under ZeRO-3, which partitions every 2D block over
     the data-parallel pair and gathers it for each forward and backward: the layouts the planner
     ranks with dp > 1 and ZeRO. Same samples per step as one process (global batch 4 = micro-batch 2
     × dp 2; 8 processes at tp 4 make dp 2)."""
-    run = [*COMMON, "parallel.global_batch_size=4"]
-    single = train(tmp_path / "single", [*run, "parallel=single"], launcher="python")
     tp2d = train(
         tmp_path / "tp2d_dp2",
-        [*run, "parallel=tp2d_2x2", "parallel.zero_stage=3"],
+        [*EIGHT_PROCESS_RUN, "parallel=tp2d_2x2", "parallel.zero_stage=3"],
         nprocs=8,
         launcher="deepspeed",
         timeout=900,
     )
-    assert_same_curve(tp2d.losses, single.losses, rel=1e-4)
+    assert_same_curve(tp2d.losses, single_batch_4.losses, rel=1e-4)
     norms = [r["grad_norm"] for r in tp2d.train_rows]
-    assert norms == pytest.approx([r["grad_norm"] for r in single.train_rows], rel=1e-4)
+    assert norms == pytest.approx([r["grad_norm"] for r in single_batch_4.train_rows], rel=1e-4)
+
+
+def test_gpt_tp2d_with_pipeline_stages_matches_single_process(tmp_path, single_batch_4):
+    """A 2×2 grid in each of 2 pipeline stages (8 processes): the 2D blocks travel from a grid rank
+    to the same grid rank of the next stage, the tied word embedding's blocks are summed between
+    the first and last stage, z-loss runs on the last stage's logits blocks."""
+    pp = train(
+        tmp_path / "tp2d_pp2",
+        [*EIGHT_PROCESS_RUN, "parallel=tp2d_2x2_pp2"],
+        nprocs=8,
+        launcher="deepspeed",
+        timeout=900,
+    )
+    assert_same_curve(pp.losses, single_batch_4.losses, rel=1e-4)
+    norms = [r["grad_norm"] for r in pp.train_rows]
+    assert norms == pytest.approx([r["grad_norm"] for r in single_batch_4.train_rows], rel=1e-4)
+    z_terms = [r["stability/z_loss"] for r in pp.train_rows]
+    assert z_terms == pytest.approx([r["stability/z_loss"] for r in single_batch_4.train_rows], rel=1e-4)

@@ -21,6 +21,11 @@ def test_tp2d_2x2_validates_on_4_and_8_processes(typed_config):
     assert (layout.tensor_parallel, layout.data_parallel) == (4, 2)
 
 
+def test_tp2d_2x2_pp2_validates_on_8_processes(typed_config):
+    layout = validate(typed_config(["parallel=tp2d_2x2_pp2"]), 8, cuda_available=False).layout
+    assert (layout.tensor_parallel, layout.pipeline_parallel, layout.data_parallel) == (4, 2, 1)
+
+
 def test_1d_is_the_default(typed_config):
     assert typed_config([]).parallel.tensor_parallel_2d is False
     assert typed_config(["parallel=tp2"]).parallel.tensor_parallel_2d is False
@@ -35,13 +40,31 @@ def test_1d_is_the_default(typed_config):
             4,
             r"micro_batch_size: 1 does not split",
         ),
-        (["parallel.pipeline_model_parallel_size=2"], 8, r"without pipeline stages"),
+        (
+            ["parallel.pipeline_model_parallel_size=2", "parallel.partition_method=parameters"],
+            8,
+            r"partition_method: 'parameters' — pipeline stages with 2D",
+        ),
+        (
+            ["parallel.pipeline_model_parallel_size=2", "parallel.activation_checkpoint_interval=1"],
+            8,
+            r"activation_checkpoint_interval: 1 — 2D tensor parallelism has no activation checkpointing",
+        ),
         (["model.activation=swiglu"], 4, r"model\.activation: 'swiglu' is not implemented for 2D"),
         (["model.position_embedding_type=rope"], 4, r"position_embedding_type: 'rope' is not implemented"),
         (["model.num_query_groups=2"], 4, r"multi-head attention only"),
         (["model.hidden_dropout=0.1"], 4, r"hidden_dropout: 0\.1 — 2D tensor parallelism has no dropout"),
     ],
-    ids=["not-square", "odd-micro-batch", "pipeline", "swiglu", "rope", "gqa", "dropout"],
+    ids=[
+        "not-square",
+        "odd-micro-batch",
+        "pipeline-partition",
+        "pipeline-recompute",
+        "swiglu",
+        "rope",
+        "gqa",
+        "dropout",
+    ],
 )
 def test_unsupported_2d_configs_are_refused(typed_config, overrides, world_size, pattern):
     config = typed_config([*TP2D, *overrides])
