@@ -77,6 +77,8 @@ def test_kill_minus_nine_then_relaunch_continues_bit_for_bit(tmp_path):
         # 2D blocks (no Megatron-Core partition_dim) through the manifest and back; one sample per
         # step keeps 4 processes on 2 cores short.
         ("tp2d", 4, ["parallel=tp2d_2x2", "parallel.global_batch_size=2"]),
+        # 2D blocks in pipeline stages: per-layer files of DeepSpeed's pipeline engine, 8 processes.
+        ("tp2d_pp2", 8, ["parallel=tp2d_2x2_pp2", "parallel.global_batch_size=4"]),
     ],
 )
 def test_stop_and_resume_is_bitwise(tmp_path, name, nprocs, layout):
