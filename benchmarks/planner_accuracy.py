@@ -120,7 +120,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="also write everything as JSON here")
     parser.add_argument(
         "--worker",
-        choices=["activations", "world", "engine", "zero3"],
+        choices=["activations", "world", "engine", "engines", "zero3"],
         default=None,
         help=argparse.SUPPRESS,
     )
@@ -232,37 +232,34 @@ def worker_world(out: Path) -> None:
         (out / "world.json").write_text(json.dumps(result))
 
 
-def worker_engine(out: Path) -> None:
-    """One process, our DeepSpeed engine over the model: forward + backward at micro-batch sizes
-    1-8 (inside an accumulation window), and the optimizer step (calibrate.py)."""
+def engine_micro_batch(world: int, accumulating: bool = True):
+    """Our DeepSpeed engine over the model on one process of a `world`-process data-parallel
+    group (its own copy, ZeRO 0, one micro-batch per step, or inside an endless accumulation window
+    so no rank communicates): (engine, micro_batch(b) running one forward + backward of b samples,
+    FLOPs per sample, parameters). Model parallel groups of `world` must be initialised."""
     import torch
 
-    from integration.distributed import LaunchEnv, init_model_parallel, init_process_group, seed_everything
+    from integration.distributed import seed_everything
     from integration.ds_config import build_deepspeed_config
     from integration.engine import build_engine
     from integration.layout import Layout
     from integration.model import build_gpt
     from integration.model_size import parameter_count
     from integration.plan import model_vocab_size
-    from integration.planner.calibrate import adam_bytes_per_s, model_pass, optimizer_step_bytes_per_s
     from integration.planner.timing import hardware_flops_per_token
 
-    base = compose([*MODEL, *RUN])
-    init_process_group(base.cluster, LaunchEnv.from_environ())
-    init_model_parallel(Layout.derive(base.parallel, 1))
-    engines = {}
-    for name, batch in (("accumulating", 10**6), ("stepping", 1)):
-        config = compose([*MODEL, *RUN, "parallel.micro_batch_size=1", f"parallel.global_batch_size={batch}"])
-        layout = Layout.derive(config.parallel, 1)
-        seed_everything(config.trainer.seed)
-        vocab = model_vocab_size(config.model, config.data.tokenizer, config.data.vocab_size)
-        gpt = build_gpt(config.model, config.parallel, config.precision.dtype, vocab, config.trainer.seed)
-        ds_config = build_deepspeed_config(layout, config.parallel, config.optim, config.precision, 100)
-        engines[name] = build_engine(gpt, ds_config, config.optim)
+    batch = 10**6 * world if accumulating else world
+    config = compose([*MODEL, *RUN, "parallel.micro_batch_size=1", f"parallel.global_batch_size={batch}"])
+    layout = Layout.derive(config.parallel, world)
+    seed_everything(config.trainer.seed)
+    vocab = model_vocab_size(config.model, config.data.tokenizer, config.data.vocab_size)
+    gpt = build_gpt(config.model, config.parallel, config.precision.dtype, vocab, config.trainer.seed)
+    ds_config = build_deepspeed_config(layout, config.parallel, config.optim, config.precision, 100)
+    engine = build_engine(gpt, ds_config, config.optim)
     s = config.model.seq_length
     tokens = torch.randint(0, 256, (8, s + 1))
 
-    def micro_batch(b: int, engine=engines["accumulating"]) -> None:
+    def micro_batch(b: int) -> None:
         loss = engine(
             input_ids=tokens[:b, :-1],
             position_ids=torch.arange(s).expand(b, s),
@@ -272,17 +269,50 @@ def worker_engine(out: Path) -> None:
         engine.backward(loss.float().mean())
 
     flops_per_sample = hardware_flops_per_token(config.model, vocab, "none") * s
-    timing = model_pass(micro_batch, flops_per_sample)
-    parameters = parameter_count(config.model, vocab)
-    optimizer = optimizer_step_bytes_per_s(
-        engines["stepping"], lambda: micro_batch(1, engines["stepping"]), parameters
-    )
+    return engine, micro_batch, flops_per_sample, parameter_count(config.model, vocab)
+
+
+def worker_engine(out: Path) -> None:
+    """One process, our DeepSpeed engine over the model: forward + backward at micro-batch sizes
+    1-8 (inside an accumulation window), and the optimizer step (calibrate.py)."""
+    from integration.distributed import LaunchEnv, init_model_parallel, init_process_group
+    from integration.layout import Layout
+    from integration.planner.calibrate import adam_bytes_per_s, model_pass, optimizer_step_bytes_per_s
+
+    base = compose([*MODEL, *RUN])
+    init_process_group(base.cluster, LaunchEnv.from_environ())
+    init_model_parallel(Layout.derive(base.parallel, 1))
+    _, accumulate, flops_per_sample, parameters = engine_micro_batch(1)
+    timing = model_pass(accumulate, flops_per_sample)
+    stepping, step_micro_batch, _, _ = engine_micro_batch(1, accumulating=False)
+    optimizer = optimizer_step_bytes_per_s(stepping, lambda: step_micro_batch(1), parameters)
     result = {
         "model": dataclasses.asdict(timing),
         "optimizer_step_bytes_per_s": optimizer,
         "adam_bytes_per_s": adam_bytes_per_s(parameters),
     }
     (out / "engine.json").write_text(json.dumps(result))
+
+
+def worker_engines(out: Path) -> None:
+    """Under torchrun, 4 processes, each with its own engine over the model: the forward +
+    backward's slowdown with 1, 2 and 4 of them running at once (calibrate.concurrent_slowdowns),
+    at the layouts' micro-batch size."""
+    import torch.distributed as dist
+
+    from integration.distributed import LaunchEnv, init_model_parallel, init_process_group
+    from integration.layout import Layout
+    from integration.planner.calibrate import concurrent_slowdowns
+
+    base = compose([*MODEL, *RUN])
+    env = LaunchEnv.from_environ()
+    init_process_group(base.cluster, env)
+    init_model_parallel(Layout.derive(base.parallel, env.world_size))
+    _, micro_batch, _, _ = engine_micro_batch(env.world_size)
+    b = base.parallel.micro_batch_size
+    slowdowns = concurrent_slowdowns(lambda: micro_batch(b), sizes=(2, env.world_size))
+    if dist.get_rank() == 0:
+        (out / "engines.json").write_text(json.dumps({"engine_slowdown": slowdowns}))
 
 
 def worker_zero3(out: Path) -> None:
@@ -337,8 +367,11 @@ def calibrate_machine() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         torchrun(4, [__file__, "--worker", "world", tmp])
         torchrun(1, [__file__, "--worker", "engine", tmp])
+        torchrun(4, [__file__, "--worker", "engines", tmp])
         torchrun(2, [__file__, "--worker", "zero3", tmp])
-        parts = [json.loads((Path(tmp) / f"{n}.json").read_text()) for n in ("world", "engine", "zero3")]
+        parts = [
+            json.loads((Path(tmp) / f"{n}.json").read_text()) for n in ("world", "engine", "engines", "zero3")
+        ]
         return {k: v for part in parts for k, v in part.items()}
 
 
@@ -485,8 +518,12 @@ class CpuCalibrationView:
         points = ", ".join(f"mbs {b}: {t * 1e3:.0f} ms" for b, t in m["points"])
         return [
             "  calibration (round 1; every round recalibrates):",
-            f"    GEMM GFLOP/s per process: {rates} (effective cores "
-            f"{', '.join(f'{calibrated.cores(int(n)):.2f}' for n in sorted(d['gemm_flops_per_process'], key=int))})",
+            f"    GEMM GFLOP/s per process: {rates}",
+            "    model forward+backward with n processes at once: "
+            + ", ".join(f"n={n} ×{v:.2f}" for n, v in sorted(calibrated.engine_slowdown.items()))
+            + " slower (effective cores "
+            + ", ".join(f"{calibrated.cores(n):.2f}" for n in sorted(calibrated.engine_slowdown))
+            + ")",
             f"    model forward+backward: {points} -> {m['flops_per_s'] / 1e9:.1f} GFLOP/s + "
             f"{m['overhead_s'] * 1e3:.1f} ms host time per micro-batch",
             f"    optimizer step (engine, ZeRO 0) {d.get('optimizer_step_bytes_per_s', 0) / 1e9:.2f} GB/s, AdamW alone "
@@ -594,7 +631,12 @@ def main() -> None:
     args = parse_args()
     if args.worker == "activations":
         return worker_activations(Path(args.worker_args[0]), json.loads(args.worker_args[1]))
-    workers = {"world": worker_world, "engine": worker_engine, "zero3": worker_zero3}
+    workers = {
+        "world": worker_world,
+        "engine": worker_engine,
+        "engines": worker_engines,
+        "zero3": worker_zero3,
+    }
     if args.worker in workers:
         return workers[args.worker](Path(args.worker_args[0]))
     started = dt.datetime.now(dt.UTC)

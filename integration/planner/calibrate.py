@@ -57,6 +57,26 @@ def best_seconds(run: Callable[[], object], chunks: int = 7, calls: int | None =
     return min(per_call)
 
 
+def best_seconds_interleaved(runs: dict, passes: int = 12) -> dict:
+    """best_seconds for several pieces of work at once: each pass times one chunk of every piece in
+    turn, so a change in the machine's speed (other jobs come and go over seconds) reaches all of
+    them alike instead of skewing whichever ran during it. Key → seconds per call of the fastest
+    chunk."""
+    calls = {}
+    for key, run in runs.items():
+        start = time.perf_counter()
+        run()  # warm-up, and the size of a chunk
+        calls[key] = max(1, round(CHUNK_S / max(time.perf_counter() - start, 1e-6)))
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(passes):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            for _ in range(calls[key]):
+                run()
+            best[key] = min(best[key], (time.perf_counter() - start) / calls[key])
+    return best
+
+
 def gemm_flops(tokens: int, hidden: int, width: int, dtype: torch.dtype = torch.float32) -> float:
     """FLOP/s of [tokens, hidden] × [hidden, width], the shape of a transformer's MLP GEMM."""
     a = torch.randn(tokens, hidden, dtype=dtype)
@@ -64,32 +84,72 @@ def gemm_flops(tokens: int, hidden: int, width: int, dtype: torch.dtype = torch.
     return 2 * tokens * hidden * width / best_seconds(lambda: a @ b)
 
 
-def concurrent_gemm_flops(
-    group, tokens: int, hidden: int, width: int, seconds: float = 0.5, repeats: int = 3
-) -> float:
-    """FLOP/s of each process while every rank of `group` runs the same GEMMs at once: the same
-    count of GEMMs on every rank (rank 0's ~`seconds` worth), started together, timed until the
-    last rank is done. The OS does not share the cores evenly (some ranks finish first, then the
-    rest speed up); a synchronous training step waits for its slowest rank, so the rate that
-    matters is the work over that makespan. The fastest of `repeats`."""
-    a, b = torch.randn(tokens, hidden), torch.randn(hidden, width)
-    for _ in range(5):  # warm-up: the first calls allocate
-        a @ b
+def concurrent_seconds(group, run: Callable[[], object], seconds: float = 0.5, repeats: int = 3) -> float:
+    """Seconds per call of `run` while every rank of `group` runs it at once: the same count of
+    calls on every rank (rank 0's ~`seconds` worth), started together, timed until the last rank
+    is done. The OS does not share the cores evenly (some ranks finish first, then the rest speed
+    up); a synchronous training step waits for its slowest rank, so the rate that matters is the
+    work over that makespan. The fastest of `repeats`."""
+    for _ in range(3):  # warm-up: the first calls allocate
+        run()
     start = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    count = torch.tensor([max(1, round(seconds / max((time.perf_counter() - start) / 10, 1e-6)))])
+    for _ in range(3):
+        run()
+    count = torch.tensor([max(1, round(seconds / max((time.perf_counter() - start) / 3, 1e-6)))])
     dist.broadcast(count, src=dist.get_process_group_ranks(group)[0], group=group)
     best = float("inf")
     for _ in range(repeats):
         dist.barrier(group=group)
         start = time.perf_counter()
         for _ in range(int(count)):
-            a @ b
+            run()
         makespan = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
         dist.all_reduce(makespan, op=dist.ReduceOp.MAX, group=group)
         best = min(best, float(makespan))
-    return 2 * tokens * hidden * width * int(count) / best
+    return best / int(count)
+
+
+def concurrent_gemm_flops(group, tokens: int, hidden: int, width: int) -> float:
+    """FLOP/s of each process while every rank of `group` runs [tokens, hidden] × [hidden, width]
+    GEMMs at once (concurrent_seconds)."""
+    a, b = torch.randn(tokens, hidden), torch.randn(hidden, width)
+    return 2 * tokens * hidden * width / concurrent_seconds(group, lambda: a @ b)
+
+
+def concurrent_slowdowns(
+    micro_batch: Callable[[], None], sizes: tuple[int, ...], seconds: float = 0.4, passes: int = 6
+) -> dict[int, float]:
+    """How much slower one forward + backward of the model gets when n processes of the node run
+    theirs at once, for each n in `sizes`: seconds per micro-batch with the first n ranks of the
+    world computing together (until the last is done, as concurrent_seconds) over the same with
+    rank 0 alone; each count timed once per pass, in turn, and the fastest pass kept. Call on every
+    rank of the world, each with its own engine over the model (inside a gradient-accumulation
+    window, so no rank communicates); the result on every rank.
+
+    This, not the GEMM rate alone, is what n processes on a CPU node cost each other: the engine's
+    step is also memory-bound element-wise work, Python dispatch and the helper threads of gloo and
+    DeepSpeed, which share the cores and caches as well."""
+    rank = dist.get_rank()
+    counts = sorted({1, *sizes})
+    for _ in range(2):  # warm-up: the first calls allocate
+        micro_batch()
+    start = time.perf_counter()
+    micro_batch()
+    calls = torch.tensor([max(1, round(seconds / max(time.perf_counter() - start, 1e-6)))])
+    dist.broadcast(calls, src=0)
+    best = dict.fromkeys(counts, float("inf"))
+    for _ in range(passes):
+        for n in counts:
+            dist.barrier()
+            makespan = torch.zeros(1, dtype=torch.float64)
+            if rank < n:
+                start = time.perf_counter()
+                for _ in range(int(calls)):
+                    micro_batch()
+                makespan[0] = time.perf_counter() - start
+            dist.all_reduce(makespan, op=dist.ReduceOp.MAX)
+            best[n] = min(best[n], float(makespan) / int(calls))
+    return {n: best[n] / best[1] for n in counts}
 
 
 @dataclass(frozen=True)
@@ -109,7 +169,8 @@ def model_pass(
 ) -> ModelPass:
     """`micro_batch(b)` runs one forward and backward of b samples through the model (our DeepSpeed
     engine on one process, inside a gradient-accumulation window: no optimizer step)."""
-    points = [(b, best_seconds(lambda b=b: micro_batch(b))) for b in sizes]
+    best = best_seconds_interleaved({b: lambda b=b: micro_batch(b) for b in sizes})
+    points = sorted(best.items())
     per_sample, overhead = _line(points)
     return ModelPass(flops_per_sample / per_sample, max(0.0, overhead), tuple(points))
 
@@ -221,16 +282,20 @@ class CpuCalibration:
     """DeepSpeed ZeRO-3 seconds per parameter tensor per micro-batch (zero3_tensor_seconds)."""
     optimizer_step_bytes_per_s: float = 0.0
     """The engine's whole optimizer step (optimizer_step_bytes_per_s); 0: use adam_bytes_per_s."""
+    engine_slowdown: dict[int, float] = dataclasses.field(default_factory=dict)
+    """n → how much slower the model's forward + backward runs with n processes at once
+    (concurrent_slowdowns); empty: judge by the GEMM rates alone."""
 
     def cores(self, processes: int | None = None) -> float:
-        """Cores `processes` processes effectively get: computing at once, each runs at
-        rate(n)/rate(1) of one process alone, so together like n·rate(n)/rate(1) lone processes
-        (capped at n). The nearest measured n at or above `processes`; None: the largest."""
-        rates = self.gemm_flops_per_process
-        n = min((k for k in rates if processes is None or k >= processes), default=max(rates))
-        if processes is None:
-            n = max(rates)
-        return min(float(n), n * rates[n] / rates[1])
+        """Cores `processes` processes effectively get: computing at once, each runs 1/slowdown(n)
+        as fast as one process alone, so together like n/slowdown(n) lone processes (capped at n).
+        The slowdown is the model's own (engine_slowdown) where measured, else the GEMMs'
+        (rate(1)/rate(n)). The nearest measured n at or above `processes`; None: the largest."""
+        slowdowns = self.engine_slowdown or {
+            n: self.gemm_flops_per_process[1] / rate for n, rate in self.gemm_flops_per_process.items()
+        }
+        n = min((k for k in slowdowns if processes is not None and k >= processes), default=max(slowdowns))
+        return min(float(n), n / slowdowns[n])
 
     def settings(self, base: PlannerSettings | None = None) -> PlannerSettings:
         """compute_efficiency: the model's rate over the GEMM peak."""
@@ -264,7 +329,8 @@ class CpuCalibration:
         )
 
     def as_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "cores": {n: self.cores(n) for n in self.gemm_flops_per_process}}
+        measured = self.engine_slowdown or self.gemm_flops_per_process
+        return {**dataclasses.asdict(self), "cores": {n: self.cores(n) for n in measured}}
 
     @staticmethod
     def from_dict(data: dict) -> CpuCalibration:
@@ -279,6 +345,7 @@ class CpuCalibration:
             collectives={int(k): Collective(**v) for k, v in data["collectives"].items()},
             zero3_tensor_s=data.get("zero3_tensor_s", 0.0),
             optimizer_step_bytes_per_s=data.get("optimizer_step_bytes_per_s", 0.0),
+            engine_slowdown={int(k): v for k, v in data.get("engine_slowdown", {}).items()},
         )
 
 

@@ -483,6 +483,14 @@ def test_calibration_turns_measurements_into_cluster_facts(typed_config):
     assert cluster.zero3_tensor_overhead_us == pytest.approx(2000.0)
     assert CpuCalibration.from_dict(json_roundtrip(calibration.as_dict())) == calibration
 
+    # Where the model's own forward + backward was timed with n processes at once, that slowdown,
+    # not the GEMMs', says how many cores the processes get.
+    measured = dataclasses.replace(calibration, engine_slowdown={1: 1.0, 2: 1.4, 4: 2.5})
+    assert measured.cores(2) == pytest.approx(2 / 1.4)
+    assert measured.cores(3) == measured.cores(4) == measured.cores() == pytest.approx(1.6)
+    assert measured.cluster(base, "fp32", 4, processes=2).cores_per_node == pytest.approx(2 / 1.4)
+    assert CpuCalibration.from_dict(json_roundtrip(measured.as_dict())) == measured
+
 
 def json_roundtrip(data: dict) -> dict:
     import json
