@@ -9,8 +9,9 @@ measurements of the real thing, in one run.
     forward + backward of the real Megatron-Core GPTModel (planner/saved_tensors.py). Goal: every
     case within 10%.
 (B) Step time: a one-off calibration of the machine (planner/calibrate.py: GEMM FLOP/s alone and
-    with 2 and 4 processes at once, the bare model's forward + backward at two micro-batch sizes,
-    torch AdamW's bandwidth, gloo all-reduce α/β; no training layout is run), turned into the
+    with 2 and 4 processes at once, our engine's forward + backward at micro-batch 1-8 and with 1,
+    2 and 4 engines at once, its optimizer step, gloo all-reduce α/β, ZeRO-3's per-tensor cost on
+    a toy model; no training layout is run), turned into the
     cluster facts and compute efficiency the time model (planner/timing.py) reads; then each layout
     (1-4 processes: single, micro-batch and recompute variants, DP2 at ZeRO 0-3, TP2, PP2, TP2×PP2,
     DP4) trained for real through launch/train.py and its median step time (metrics.jsonl

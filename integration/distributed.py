@@ -6,12 +6,22 @@ from __future__ import annotations
 import atexit
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
 from integration.config.schema import ClusterConfig
+from integration.errors import ConfigError
 from integration.layout import Layout
+
+# (rank, local rank, world size) as each launcher names them, torch's first.
+LAUNCHER_RANK_VARIABLES = (
+    ("RANK", "LOCAL_RANK", "WORLD_SIZE"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE"),  # Open MPI's mpirun
+    ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_SIZE"),  # MVAPICH's mpirun
+    ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS"),  # srun
+)
 
 
 @dataclass(frozen=True)
@@ -23,11 +33,23 @@ class LaunchEnv:
     world_size: int
 
     @staticmethod
-    def from_environ() -> LaunchEnv:
-        return LaunchEnv(
-            rank=int(os.environ.get("RANK", 0)),
-            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-            world_size=int(os.environ.get("WORLD_SIZE", 1)),
+    def from_environ(environ: Mapping[str, str] | None = None) -> LaunchEnv:
+        """torch's RANK / LOCAL_RANK / WORLD_SIZE (the deepspeed runner's pdsh and local paths,
+        torchrun); else those of the launcher that started this script itself: the runner's
+        openmpi/mvapich backends run it under mpirun and its slurm backend under srun, none of which
+        sets torch's names (DeepSpeed would map them through mpi4py, which we do not need)."""
+        environ = os.environ if environ is None else environ
+        for names in LAUNCHER_RANK_VARIABLES:
+            if all(name in environ for name in names):
+                rank, local_rank, world_size = (int(environ[name]) for name in names)
+                return LaunchEnv(rank, local_rank, world_size)
+        return LaunchEnv(0, 0, 1)
+
+    def export(self) -> None:
+        """torch's names for what a launcher told this process, for deepspeed.init_distributed
+        (which otherwise goes looking through mpi4py)."""
+        os.environ.update(
+            RANK=str(self.rank), LOCAL_RANK=str(self.local_rank), WORLD_SIZE=str(self.world_size)
         )
 
     @property
@@ -48,9 +70,17 @@ def init_process_group(cluster: ClusterConfig, env: LaunchEnv) -> None:
     if torch.distributed.is_initialized():
         return
     if env.world_size == 1 and "MASTER_ADDR" not in os.environ:
-        os.environ.update(
-            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        # Every rank sees the same environment, so every rank stops here, before any collective.
+        raise ConfigError(
+            f"environment: {' and '.join(missing)} not set for rank {env.rank} of {env.world_size}: the "
+            "launcher (mpirun/srun) started this script without the rendezvous address; launch through "
+            "launch/launch.py, which exports cluster.master_addr and cluster.master_port to every rank, or "
+            "export MASTER_ADDR=<first node> MASTER_PORT=<free port> to all ranks"
         )
+    env.export()
     for key, value in cluster.env.items():
         os.environ.setdefault(key, str(value))
     if cluster.device == "cuda":

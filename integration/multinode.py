@@ -33,9 +33,9 @@ RUNNER_LAUNCHERS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 # Backends that start launch/train.py itself (srun, mpirun) instead of through
-# deepspeed.launcher.launch (pdsh) or with RANK/WORLD_SIZE/MASTER_ADDR exported (mpich, impi): the
-# script would see only SLURM_PROCID/OMPI_COMM_WORLD_RANK, and DeepSpeed maps those only through
-# mpi4py, after train.py has read its rank.
+# deepspeed.launcher.launch (pdsh) or with MASTER_ADDR exported (mpich, impi): the script finds its
+# rank in SLURM_*/OMPI_*/MV2_* (integration.distributed.LaunchEnv) and the rendezvous address in
+# the exported environment, where plan_launch puts it.
 SCRIPT_STARTING_LAUNCHERS = ("slurm", "openmpi", "mvapich")
 
 # Variables of the launching shell that every rank needs and that ssh does not carry: remote
@@ -157,12 +157,23 @@ def hostfile_text(nodes: Sequence[Node]) -> str:
     return "".join(f"{node.host} slots={node.slots}\n" for node in nodes)
 
 
+def master_address(cluster: ClusterConfig, nodes: Sequence[Node]) -> str:
+    """Where rank 0 listens: cluster.master_addr, else the first node (127.0.0.1 for this machine)."""
+    local = [n.host for n in nodes] == [LOCAL_HOST]
+    return cluster.master_addr or ("127.0.0.1" if local else nodes[0].host)
+
+
 def exported_env(
-    cluster: ClusterConfig, launching_env: Mapping[str, str], user_env_text: str = ""
+    cluster: ClusterConfig,
+    launching_env: Mapping[str, str],
+    user_env_text: str = "",
+    nodes: Sequence[Node] = (),
 ) -> dict[str, str]:
     """What the runner exports to every rank: the user's own .deepspeed_env lines (the runner reads
     only the file launch/launch.py points it at), the launching shell's FORWARDED_VARIABLES, then
-    cluster.env, later ones winning."""
+    cluster.env, later ones winning. For the launchers that start the script themselves, also the
+    rendezvous address, which only the runner's pdsh path passes on (as --master_addr to
+    deepspeed.launcher.launch)."""
     env: dict[str, str] = {}
     for line in user_env_text.splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
@@ -170,6 +181,8 @@ def exported_env(
             env[key.strip()] = value.strip()
     env.update({k: launching_env[k] for k in FORWARDED_VARIABLES if k in launching_env})
     env.update({k: str(v) for k, v in cluster.env.items()})
+    if cluster.launcher in SCRIPT_STARTING_LAUNCHERS and nodes:
+        env.update(MASTER_ADDR=master_address(cluster, nodes), MASTER_PORT=str(cluster.master_port))
     return env
 
 
@@ -202,9 +215,8 @@ def runner_argv(
     """The deepspeed runner's command line (`python -m deepspeed.launcher.runner` is the `deepspeed`
     script, run by the same interpreter as this one)."""
     local = [n.host for n in nodes] == [LOCAL_HOST]
-    master_addr = cluster.master_addr or ("127.0.0.1" if local else nodes[0].host)
     argv = [python, "-u", "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile)]
-    argv += ["--launcher", cluster.launcher, "--master_addr", master_addr]
+    argv += ["--launcher", cluster.launcher, "--master_addr", master_address(cluster, nodes)]
     argv += ["--master_port", str(cluster.master_port)]
     if cluster.ssh_port is not None:
         argv += ["--ssh_port", str(cluster.ssh_port)]
@@ -216,8 +228,13 @@ def runner_argv(
         argv.append("--no_ssh_check")  # the runner ssh-checks the first host of any hostfile
     elif len(nodes) == 1:
         argv.append("--force_multi")  # one listed host is reached through the launcher, not run here
-    if cluster.launcher_args:
-        argv += ["--launcher_args", cluster.launcher_args]
+    launcher_args = cluster.launcher_args
+    # Open MPI's mpirun reaches the nodes over its own ssh, which --ssh_port does not reach.
+    ssh_by_mpirun = cluster.launcher == "openmpi" and cluster.ssh_port is not None and not local
+    if ssh_by_mpirun and "plm_rsh_args" not in launcher_args:
+        launcher_args = f"{launcher_args} --mca plm_rsh_args '-p {cluster.ssh_port}'".strip()
+    if launcher_args:
+        argv += ["--launcher_args", launcher_args]
     argv += ["--no_local_rank", str(script)]
     quote = pdsh_argument if cluster.launcher == "pdsh" and not local else (lambda a: a)
     return argv + [quote(arg) for arg in overrides]
@@ -243,12 +260,6 @@ def plan_launch(
     programs, how = RUNNER_LAUNCHERS[cluster.launcher]
     local = [n.host for n in nodes] == [LOCAL_HOST]
     problems = []
-    if cluster.launcher in SCRIPT_STARTING_LAUNCHERS and not local:
-        problems.append(
-            f"cluster.launcher: {cluster.launcher!r} makes the runner start launch/train.py directly, without "
-            "the RANK, WORLD_SIZE and MASTER_ADDR variables it starts from; launch/launch.py does not support "
-            "it yet: use cluster.launcher=pdsh (ssh to every node), mpich or impi"
-        )
     missing = [p for p in programs if not installed(p)]
     if missing and not local:  # one local node runs without the launcher
         problems.append(
@@ -274,7 +285,7 @@ def plan_launch(
         hostfile=hostfile,
         hostfile_text=hostfile_text(nodes),
         env_file=env_file,
-        env_text=env_file_text(exported_env(cluster, launching_env, user_env_text)),
+        env_text=env_file_text(exported_env(cluster, launching_env, user_env_text, nodes)),
         argv=runner_argv(cluster, nodes, hostfile, script.absolute(), overrides, python),
         # The runner reads $DS_ENV_FILE from ~ and from its working directory; an absolute name
         # makes both lookups this file (runner.py DEEPSPEED_ENVIRONMENT_NAME).

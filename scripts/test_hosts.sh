@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Two ssh-reachable "hosts" on this one machine for the multi-node test (tests/distributed/
 # test_multinode.py): an sshd of our own listening on 127.0.0.1 and 127.0.0.2 only, root login by
-# a key of its own, host-key checks off for those two addresses. Installs openssh-server and pdsh
-# when missing (Debian, as root, as on CI). Leaves the system's own sshd configuration alone.
+# a key of its own, host-key checks off for those two addresses. Installs openssh-server, pdsh and
+# openmpi-bin (the runner's pdsh and openmpi launchers) when missing (Debian, as root, as on CI).
+# Leaves the system's own sshd configuration alone.
 #
 #   bash scripts/test_hosts.sh start [PORT]   # default 2222; returns once both hosts answer over pdsh
 #   bash scripts/test_hosts.sh stop [PORT]
@@ -53,6 +54,7 @@ install_missing() {
   [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
   command -v pdsh >/dev/null || missing+=(pdsh)
   command -v ssh >/dev/null || missing+=(openssh-client)
+  command -v ompi_info >/dev/null || missing+=(openmpi-bin)
   [ ${#missing[@]} -eq 0 ] && return 0
   [ "$(id -u)" -eq 0 ] || die "needs ${missing[*]} and root to install them (apt-get install ${missing[*]})"
   command -v apt-get >/dev/null || die "needs ${missing[*]}; no apt-get on this machine to install them"
@@ -70,7 +72,8 @@ install_missing() {
     }
   fi
   [ $made_policy -eq 1 ] && rm -f /usr/sbin/policy-rc.d
-  [ -x /usr/sbin/sshd ] && command -v pdsh >/dev/null || die "installed ${missing[*]} but sshd or pdsh is still missing"
+  [ -x /usr/sbin/sshd ] && command -v pdsh >/dev/null && command -v ompi_info >/dev/null \
+    || die "installed ${missing[*]} but sshd, pdsh or Open MPI is still missing"
 }
 
 client_config() {

@@ -1,7 +1,8 @@
 """Two hosts on one machine. `python launch/launch.py cluster=loopback_2node ...` writes the hostfile
-and the exported environment and runs the deepspeed runner, whose pdsh launcher reaches 127.0.0.1
-and 127.0.0.2 over ssh (an sshd that scripts/test_hosts.sh installs and starts), 2 processes on each.
-The 2+2 run (TP2 × DP2) trains to the same losses as 4 processes on one host."""
+and the exported environment and runs the deepspeed runner, whose pdsh launcher (or, with
+cluster.launcher=openmpi, mpirun) reaches 127.0.0.1 and 127.0.0.2 over ssh (an sshd that
+scripts/test_hosts.sh installs and starts), 2 processes on each. The 2+2 run (TP2 × DP2) trains to
+the same losses as 4 processes on one host."""
 
 from __future__ import annotations
 
@@ -36,11 +37,17 @@ def test_hosts():
         subprocess.run(["bash", str(SCRIPT), "stop", str(port)], capture_output=True, timeout=120)
 
 
-def launch(run_dir: Path, overrides: list[str], timeout: float = 900) -> Run:
+@pytest.fixture(scope="module")
+def one_host(tmp_path_factory) -> Run:
+    """The reference: the same layout as 4 processes on this host (torchrun)."""
+    return train(tmp_path_factory.mktemp("one_host"), COMMON + LAYOUT, nprocs=4, timeout=600)
+
+
+def launch(run_dir: Path, overrides: list[str], timeout: float = 900, env: dict | None = None) -> Run:
     """launch/launch.py as a user types it. On a timeout the whole process group is killed by id
     (the runner's own SIGTERM handler would `pkill -f` every deepspeed launcher on the machine); the
     remote ranks go with the sshd sessions when the fixture stops it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | (env or {})
     env["OMP_NUM_THREADS"] = "1"
     args = [sys.executable, str(ROOT / "launch" / "launch.py"), *overrides, f"run.dir={run_dir}"]
     proc = subprocess.Popen(
@@ -63,7 +70,7 @@ def launch(run_dir: Path, overrides: list[str], timeout: float = 900) -> Run:
     return run
 
 
-def test_two_hosts_over_ssh_train_like_one_host_with_four_processes(test_hosts, tmp_path):
+def test_two_hosts_over_ssh_train_like_one_host_with_four_processes(test_hosts, one_host, tmp_path):
     port, sshd_log = test_hosts
     log_before = len(sshd_log.read_text())
     two_hosts = launch(
@@ -77,7 +84,6 @@ def test_two_hosts_over_ssh_train_like_one_host_with_four_processes(test_hosts, 
             "trainer.progress=false",
         ],
     )
-    one_host = train(tmp_path / "one_host", COMMON + LAYOUT, nprocs=4, timeout=600)
 
     # What launch.py wrote and handed the runner.
     launch_dir = two_hosts.run_dir / "launch"
@@ -112,3 +118,51 @@ def test_two_hosts_over_ssh_train_like_one_host_with_four_processes(test_hosts, 
     norms = [r["grad_norm"] for r in two_hosts.train_rows]
     assert norms == pytest.approx([r["grad_norm"] for r in one_host.train_rows], rel=1e-3)
     assert sum(two_hosts.losses[-3:]) / 3 < two_hosts.losses[0] - 0.2, two_hosts.losses
+
+
+def test_two_hosts_through_mpirun_train_like_one_host_with_four_processes(test_hosts, one_host, tmp_path):
+    """cluster.launcher=openmpi: the runner runs mpirun, which starts launch/train.py itself on both
+    hosts (over its own ssh), so each rank finds its rank in OMPI_COMM_WORLD_* and the rendezvous
+    address in the exports launch.py wrote."""
+    port, sshd_log = test_hosts
+    log_before = len(sshd_log.read_text())
+    master_port = free_port()
+    # Open MPI refuses to run as root unless told (CI runs as root).
+    as_root = (
+        {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"} if os.getuid() == 0 else {}
+    )
+    two_hosts = launch(
+        tmp_path / "mpirun",
+        COMMON
+        + LAYOUT
+        + [
+            "cluster=loopback_2node",
+            "cluster.launcher=openmpi",
+            f"cluster.ssh_port={port}",
+            f"cluster.master_port={master_port}",
+            "trainer.progress=false",
+        ],
+        env=as_root,
+    )
+    exports = (two_hosts.run_dir / "launch" / "deepspeed_env").read_text()
+    assert (
+        exports
+        == f"OMP_NUM_THREADS=1\nGLOO_SOCKET_IFNAME=lo\nMASTER_ADDR=127.0.0.1\nMASTER_PORT={master_port}\n"
+    )
+    mpirun_line = next(line for line in two_hosts.output.splitlines() if "cmd = mpirun" in line)
+    assert f"-n 4 -hostfile {two_hosts.run_dir / 'launch' / 'hostfile'} " in mpirun_line
+    assert f"--mca plm_rsh_args -p {port} " in mpirun_line
+    assert f"-x MASTER_ADDR=127.0.0.1 -x MASTER_PORT={master_port} " in mpirun_line
+    assert f"{sys.executable} -u {ROOT / 'launch' / 'train.py'} " in mpirun_line
+    assert "deepspeed.launcher.launch" not in two_hosts.output  # no RANK/LOCAL_RANK from DeepSpeed
+
+    # mpirun reached the second host over ssh (its daemon runs there as a session of our sshd).
+    log = sshd_log.read_text()[log_before:]
+    assert re.search(rf"Connection from 127\.0\.0\.1 port \d+ on 127\.0\.0\.2 port {port}\b", log), log[
+        -3000:
+    ]
+    assert "Starting session: command for root" in log
+
+    assert_same_curve(two_hosts.losses, one_host.losses)
+    norms = [r["grad_norm"] for r in two_hosts.train_rows]
+    assert norms == pytest.approx([r["grad_norm"] for r in one_host.train_rows], rel=1e-3)

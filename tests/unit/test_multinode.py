@@ -168,13 +168,36 @@ def test_mpi_launchers_get_no_node_or_gpu_limits(typed_config):
 
 
 @pytest.mark.parametrize("launcher", ["slurm", "openmpi", "mvapich"])
-def test_launchers_that_start_the_script_directly_are_refused(typed_config, launcher):
-    cluster = typed_config(["cluster=h100_8x4", f"cluster.launcher={launcher}"]).cluster
-    with pytest.raises(
-        ConfigError,
-        match=rf"cluster\.launcher: '{launcher}' makes the runner start .*use cluster\.launcher=pdsh",
-    ):
-        plan(cluster)
+def test_launchers_that_start_the_script_get_the_rendezvous_address_exported(typed_config, launcher):
+    """srun and mpirun start launch/train.py themselves: no deepspeed.launcher.launch passes
+    --master_addr on, so the exported environment carries it; the runner's own backend puts the
+    file's lines on its command line (mpirun -x / srun --export)."""
+    cluster = typed_config(
+        [
+            "cluster=h100_8x4",
+            f"cluster.launcher={launcher}",
+            "cluster.master_port=29611",
+            "cluster.ssh_port=2200",
+        ]
+    ).cluster
+    launch = plan(cluster)
+    args = runner_args(launch.argv)
+    assert args.launcher == launcher and args.master_addr == "h100-node-0"
+    backend = runner.LAUNCHER_CLASSES[launcher](args, "", {n.host: n.slots for n in launch.nodes})
+    for line in launch.env_text.splitlines(keepends=True):
+        key, value = line.split("=", maxsplit=1)  # as runner.main reads the file
+        backend.add_export(key, value)
+    command = " ".join(backend.get_cmd({}, {n.host: list(range(n.slots)) for n in launch.nodes}))
+    for exported in ("MASTER_ADDR=h100-node-0", "MASTER_PORT=29611", "NCCL_DEBUG=WARN"):
+        assert exported in command
+    if launcher == "openmpi":  # mpirun's own ssh is told the port --ssh_port gives the runner's check
+        assert "plm_rsh_args -p 2200" in command
+
+
+def test_pdsh_gets_the_rendezvous_address_as_arguments_not_exports(typed_config):
+    launch = plan(typed_config(["cluster=loopback_2node"]).cluster)
+    assert "MASTER_ADDR" not in launch.env_text
+    assert runner_args(launch.argv).master_addr == "127.0.0.1"
 
 
 def test_a_launcher_program_missing_here_is_named_with_the_install(typed_config):
