@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,6 +125,12 @@ def test_two_hosts_through_mpirun_train_like_one_host_with_four_processes(test_h
     """cluster.launcher=openmpi: the runner runs mpirun, which starts launch/train.py itself on both
     hosts (over its own ssh), so each rank finds its rank in OMPI_COMM_WORLD_* and the rendezvous
     address in the exports launch.py wrote."""
+    missing = [program for program in ("mpirun", "ompi_info") if shutil.which(program) is None]
+    if missing:
+        pytest.fail(
+            f"Open MPI ({', '.join(missing)}) is not installed and scripts/test_hosts.sh could not install it "
+            "(it needs root and apt-get; see ~/.ssh/hydraspeed_test_hosts/apt.log): apt-get install openmpi-bin"
+        )
     port, sshd_log = test_hosts
     log_before = len(sshd_log.read_text())
     master_port = free_port()
