@@ -250,7 +250,17 @@ def engine_micro_batch(world: int, accumulating: bool = True):
     from integration.planner.timing import hardware_flops_per_token
 
     batch = 10**6 * world if accumulating else world
-    config = compose([*MODEL, *RUN, "parallel.micro_batch_size=1", f"parallel.global_batch_size={batch}"])
+    # ZeRO 0: no stage reduces gradients inside the accumulation window, so ranks timed apart never wait
+    # on each other (concurrent_slowdowns).
+    config = compose(
+        [
+            *MODEL,
+            *RUN,
+            "parallel.zero_stage=0",
+            "parallel.micro_batch_size=1",
+            f"parallel.global_batch_size={batch}",
+        ]
+    )
     layout = Layout.derive(config.parallel, world)
     seed_everything(config.trainer.seed)
     vocab = model_vocab_size(config.model, config.data.tokenizer, config.data.vocab_size)
@@ -521,10 +531,14 @@ class CpuCalibrationView:
             "  calibration (round 1; every round recalibrates):",
             f"    GEMM GFLOP/s per process: {rates}",
             "    model forward+backward with n processes at once: "
-            + ", ".join(f"n={n} ×{v:.2f}" for n, v in sorted(calibrated.engine_slowdown.items()))
-            + " slower (effective cores "
-            + ", ".join(f"{calibrated.cores(n):.2f}" for n in sorted(calibrated.engine_slowdown))
-            + ")",
+            + (
+                ", ".join(f"n={n} ×{v:.2f}" for n, v in sorted(calibrated.engine_slowdown.items()))
+                + " slower (effective cores "
+                + ", ".join(f"{calibrated.cores(n):.2f}" for n in sorted(calibrated.engine_slowdown))
+                + ")"
+                if calibrated.engine_slowdown
+                else "not measured (older calibration: cores from the GEMM rates)"
+            ),
             f"    model forward+backward: {points} -> {m['flops_per_s'] / 1e9:.1f} GFLOP/s + "
             f"{m['overhead_s'] * 1e3:.1f} ms host time per micro-batch",
             f"    optimizer step (engine, ZeRO 0) {d.get('optimizer_step_bytes_per_s', 0) / 1e9:.2f} GB/s, AdamW alone "

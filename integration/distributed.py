@@ -20,7 +20,10 @@ LAUNCHER_RANK_VARIABLES = (
     ("RANK", "LOCAL_RANK", "WORLD_SIZE"),
     ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE"),  # Open MPI's mpirun
     ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_SIZE"),  # MVAPICH's mpirun
-    ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS"),  # srun
+    # srun. Not SLURM_NTASKS: an sbatch script's own shell has SLURM_PROCID, SLURM_LOCALID and the
+    # allocation's SLURM_NTASKS too, and a plain `python train.py` there is one process; only a
+    # task that srun started has a step, and the step's task count.
+    ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NUM_TASKS"),
 )
 
 
@@ -69,8 +72,9 @@ def init_process_group(cluster: ClusterConfig, env: LaunchEnv) -> None:
     job of a Hydra multirun reuses the group."""
     if torch.distributed.is_initialized():
         return
-    if env.world_size == 1 and "MASTER_ADDR" not in os.environ:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    if env.world_size == 1:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if missing:
         # Every rank sees the same environment, so every rank stops here, before any collective.

@@ -131,6 +131,8 @@ def concurrent_slowdowns(
     DeepSpeed, which share the cores and caches as well."""
     rank = dist.get_rank()
     counts = sorted({1, *sizes})
+    if counts[-1] > dist.get_world_size():
+        raise ValueError(f"concurrent_slowdowns: sizes {sizes} exceed the world of {dist.get_world_size()}")
     for _ in range(2):  # warm-up: the first calls allocate
         micro_batch()
     start = time.perf_counter()

@@ -28,17 +28,23 @@ ROOT = Path(__file__).resolve().parents[2]
             {"MV2_COMM_WORLD_RANK": "2", "MV2_COMM_WORLD_LOCAL_RANK": "0", "MV2_COMM_WORLD_SIZE": "4"},
             LaunchEnv(2, 0, 4),
         ),
-        ({"SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_NTASKS": "16"}, LaunchEnv(9, 1, 16)),
+        (
+            {"SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "16"},
+            LaunchEnv(9, 1, 16),
+        ),
         # torch's names win: torchrun inside a Slurm allocation sets both
         (
             {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
              "SLURM_NTASKS": "1"},
             LaunchEnv(1, 1, 2),
         ),
-        # a launcher's set counts only when complete (sbatch alone sets SLURM_PROCID, not SLURM_LOCALID)
-        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, LaunchEnv(0, 0, 1)),
+        # an sbatch script's own shell: Slurm's rank variables of the batch step, but no srun step, so a
+        # plain `python launch/train.py` there is one process
+        ({"SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "8", "SLURM_NNODES": "2"}, LaunchEnv(0, 0, 1)),
+        # a launcher's set counts only when complete
+        ({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2"}, LaunchEnv(0, 0, 1)),
     ],
-    ids=["none", "torch", "openmpi", "mvapich", "slurm", "torch-first", "incomplete"],
+    ids=["none", "torch", "openmpi", "mvapich", "slurm", "torch-first", "sbatch-shell", "incomplete"],
 )  # fmt: skip
 def test_rank_comes_from_whichever_launcher_started_the_script(environ, expected):
     assert LaunchEnv.from_environ(environ) == expected
