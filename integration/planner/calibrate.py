@@ -44,36 +44,26 @@ def best_seconds(run: Callable[[], object], chunks: int = 7, calls: int | None =
     """Seconds per call of `run` in the fastest of `chunks` chunks of at least CHUNK_S (calls per
     chunk chosen from a first timed call unless given: a collective needs the same count on every
     rank)."""
-    start = time.perf_counter()
-    run()  # warm-up, and the size of a chunk
-    if calls is None:
-        calls = max(1, round(CHUNK_S / max(time.perf_counter() - start, 1e-6)))
-    per_call = []
-    for _ in range(chunks):
-        start = time.perf_counter()
-        for _ in range(calls):
-            run()
-        per_call.append((time.perf_counter() - start) / calls)
-    return min(per_call)
+    return best_seconds_interleaved({"run": run}, passes=chunks, calls=calls)["run"]
 
 
-def best_seconds_interleaved(runs: dict, passes: int = 12) -> dict:
+def best_seconds_interleaved(runs: dict, passes: int = 12, calls: int | None = None) -> dict:
     """best_seconds for several pieces of work at once: each pass times one chunk of every piece in
     turn, so a change in the machine's speed (other jobs come and go over seconds) reaches all of
     them alike instead of skewing whichever ran during it. Key → seconds per call of the fastest
     chunk."""
-    calls = {}
+    per_chunk = {}
     for key, run in runs.items():
         start = time.perf_counter()
         run()  # warm-up, and the size of a chunk
-        calls[key] = max(1, round(CHUNK_S / max(time.perf_counter() - start, 1e-6)))
+        per_chunk[key] = calls or max(1, round(CHUNK_S / max(time.perf_counter() - start, 1e-6)))
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(passes):
         for key, run in runs.items():
             start = time.perf_counter()
-            for _ in range(calls[key]):
+            for _ in range(per_chunk[key]):
                 run()
-            best[key] = min(best[key], (time.perf_counter() - start) / calls[key])
+            best[key] = min(best[key], (time.perf_counter() - start) / per_chunk[key])
     return best
 
 
