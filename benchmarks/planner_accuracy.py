@@ -10,8 +10,8 @@ measurements of the real thing, in one run.
     case within 10%.
 (B) Step time: a one-off calibration of the machine (planner/calibrate.py: GEMM FLOP/s alone and
     with 2 and 4 processes at once, our engine's forward + backward at micro-batch 1-8 and with 1,
-    2 and 4 engines at once, its optimizer step, gloo all-reduce α/β, ZeRO-3's per-tensor cost on
-    a toy model; no training layout is run), turned into the
+    2 and 4 engines at once, its optimizer step, gloo all-reduce α/β, ZeRO-3's extra cost per
+    micro-batch over ZeRO-1 on 2 processes; no training layout is run), turned into the
     cluster facts and compute efficiency the time model (planner/timing.py) reads; then each layout
     (1-4 processes: single, micro-batch and recompute variants, DP2 at ZeRO 0-3, TP2, PP2, TP2×PP2,
     DP4) trained for real through launch/train.py and its median step time (metrics.jsonl
@@ -233,10 +233,10 @@ def worker_world(out: Path) -> None:
         (out / "world.json").write_text(json.dumps(result))
 
 
-def engine_micro_batch(world: int, accumulating: bool = True):
+def engine_micro_batch(world: int, accumulating: bool = True, zero_stage: int = 0):
     """Our DeepSpeed engine over the model on one process of a `world`-process data-parallel
-    group (its own copy, ZeRO 0, one micro-batch per step, or inside an endless accumulation window
-    so no rank communicates): (engine, micro_batch(b) running one forward + backward of b samples,
+    group (ZeRO 0 unless told: its own copy; one micro-batch per step, or inside an endless
+    accumulation window so no rank communicates): (engine, micro_batch(b) running one forward + backward of b samples,
     FLOPs per sample, parameters). Model parallel groups of `world` must be initialised."""
     import torch
 
@@ -256,7 +256,7 @@ def engine_micro_batch(world: int, accumulating: bool = True):
         [
             *MODEL,
             *RUN,
-            "parallel.zero_stage=0",
+            f"parallel.zero_stage={zero_stage}",
             "parallel.micro_batch_size=1",
             f"parallel.global_batch_size={batch}",
         ]
@@ -327,18 +327,35 @@ def worker_engines(out: Path) -> None:
 
 
 def worker_zero3(out: Path) -> None:
-    """Under torchrun, 2 processes: DeepSpeed ZeRO-3's cost per parameter tensor (calibrate.py)."""
+    """Under torchrun, 2 processes: DeepSpeed ZeRO-3's extra time per micro-batch over ZeRO-1 on our
+    engine over the model (calibrate.zero3_micro_batch_seconds), per parameter tensor."""
     import torch.distributed as dist
 
-    from integration.config.schema import ClusterConfig
-    from integration.distributed import LaunchEnv, init_process_group
-    from integration.planner.calibrate import zero3_tensor_seconds
+    from integration.distributed import LaunchEnv, init_model_parallel, init_process_group
+    from integration.layout import Layout
+    from integration.plan import model_vocab_size
+    from integration.planner.calibrate import zero3_micro_batch_seconds
+    from integration.planner.memory import stage_parameters
 
+    base = compose([*MODEL, *RUN])
     env = LaunchEnv.from_environ()
-    init_process_group(ClusterConfig(name="local_cpu"), env)
-    seconds = zero3_tensor_seconds()
+    init_process_group(base.cluster, env)
+    init_model_parallel(Layout.derive(base.parallel, env.world_size))
+    b = base.parallel.micro_batch_size
+    micro_batch = {}
+    for stage in (1, 3):
+        _, run, _, parameters = engine_micro_batch(env.world_size, zero_stage=stage)
+        micro_batch[stage] = lambda run=run: run(b)
+    seconds = zero3_micro_batch_seconds(micro_batch)
+    vocab = model_vocab_size(base.model, base.data.tokenizer, base.data.vocab_size)
+    tensors = len(stage_parameters(base.model, vocab, 1, 1, 0))
     if dist.get_rank() == 0:
-        (out / "zero3.json").write_text(json.dumps({"zero3_tensor_s": seconds}))
+        result = {
+            "zero3_tensor_s": seconds / tensors,
+            "zero3_tensors": tensors,
+            "zero3_gathered_bytes": 4 * parameters,
+        }
+        (out / "zero3.json").write_text(json.dumps(result))
 
 
 # ------------------------------------------------------------------------------- (A) activations
@@ -543,7 +560,8 @@ class CpuCalibrationView:
             f"{m['overhead_s'] * 1e3:.1f} ms host time per micro-batch",
             f"    optimizer step (engine, ZeRO 0) {d.get('optimizer_step_bytes_per_s', 0) / 1e9:.2f} GB/s, AdamW alone "
             f"{d['adam_bytes_per_s'] / 1e9:.2f} GB/s (32 B/parameter); gloo all-reduce: {links}",
-            f"    DeepSpeed ZeRO-3: {d.get('zero3_tensor_s', 0) * 1e3:.2f} ms per parameter tensor per micro-batch",
+            f"    DeepSpeed ZeRO-3 over ZeRO-1: {d.get('zero3_tensor_s', 0) * 1e3:.2f} ms per parameter tensor per "
+            f"micro-batch, {calibrated.zero3_overhead_s(calibrated.collectives[2]) * 1e3:.2f} ms beyond the α–β traffic",
         ]
 
 

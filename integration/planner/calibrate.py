@@ -11,8 +11,9 @@ preset states from a datasheet, measured here with microbenchmarks that run no t
 - the optimizer step of a one-process DeepSpeed engine over the model (torch AdamW tensor by
   tensor, clipping, bookkeeping): its effective memory bandwidth;
 - gloo all-reduce at a small and a large size: the ring model's latency α and bandwidth β;
-- DeepSpeed ZeRO-3 on a toy stack of linear layers against ZeRO-1: its cost per parameter tensor
-  (fetch and release hooks, the gathers, the per-parameter gradient reduce-scatter).
+- our engine's forward + backward at ZeRO-3 against ZeRO-1 on 2 processes: DeepSpeed's extra work
+  per micro-batch (fetch and release hooks, the gathers, the per-parameter gradient
+  reduce-scatter), less the α–β traffic the time model charges anyway, per parameter tensor.
 
 Every measurement is the fastest of several chunks of work lasting ~0.1 s or more (the least
 disturbed by other jobs on a shared machine, as timeit advises); benchmarks/planner_accuracy.py
@@ -34,7 +35,7 @@ import torch.distributed as dist
 
 from integration.config.schema import ClusterConfig
 from integration.planner.settings import PlannerSettings
-from integration.planner.timing import OPTIMIZER_BYTES_PER_PARAM
+from integration.planner.timing import OPTIMIZER_BYTES_PER_PARAM, Link, all_gather
 
 CHUNK_S = 0.1
 """Shortest timed chunk: a time slice of the OS scheduler is a few ms, a step a few 100 ms."""
@@ -201,34 +202,21 @@ def adam_bytes_per_s(numel: int) -> float:
     return numel * OPTIMIZER_BYTES_PER_PARAM / best_seconds(optimizer.step)
 
 
-def zero3_tensor_seconds(modules: int = 8, width: int = 512, tokens: int = 256) -> float:
-    """DeepSpeed's ZeRO-3 cost per parameter tensor per micro-batch on this machine, from a toy stack
-    of `modules` Linear(width, width) layers (weights above stage3_param_persistence_threshold, so
-    gathered in forward and in backward; every gradient reduce-scattered): forward + backward at
-    ZeRO-3 minus the same at ZeRO-1, per parameter tensor (weight and bias). Call on every rank of
-    the world (2 processes, no other groups needed)."""
-    import deepspeed
+def zero3_micro_batch_seconds(
+    micro_batch: dict[int, Callable[[], None]], calls: int = 3, passes: int = 6
+) -> float:
+    """DeepSpeed ZeRO-3's extra seconds per micro-batch over ZeRO-1: `micro_batch[stage]` runs one
+    forward + backward of the model through an engine at that ZeRO stage (inside a gradient
+    accumulation window, so ZeRO-1 does not communicate while ZeRO-3 gathers every weight in
+    forward and backward and reduce-scatters every gradient). Both timed in turn, the same call
+    count on every rank (the gathers are collectives). Call on every rank of a data-parallel world.
 
-    seconds = {}
-    for stage in (1, 3):
-        torch.manual_seed(0)
-        toy = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(modules)])
-        config = {
-            "train_micro_batch_size_per_gpu": 1,
-            "gradient_accumulation_steps": 1,
-            "zero_optimization": {"stage": stage},
-            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
-            "steps_per_print": 10**9,
-        }
-        engine, *_ = deepspeed.initialize(model=toy, model_parameters=toy.parameters(), config=config)
-        x = torch.randn(tokens, width)
-
-        def micro_batch(engine=engine, x=x):
-            engine.backward(engine(x).square().mean())
-
-        seconds[stage] = best_seconds(micro_batch, chunks=5, calls=10)
-        engine.destroy()
-    return max(0.0, seconds[3] - seconds[1]) / (2 * modules)
+    Measured on the model itself, not on a toy: Megatron-Core's modules nest several deep and
+    ZeRO-3 hooks every one of them, so a stack of Linear layers shows about a third of the cost."""
+    best = best_seconds_interleaved(
+        {stage: micro_batch[stage] for stage in (1, 3)}, passes=passes, calls=calls
+    )
+    return max(0.0, best[3] - best[1])
 
 
 @dataclass(frozen=True)
@@ -271,7 +259,13 @@ class CpuCalibration:
     collectives: dict[int, Collective]
     """Group size → all-reduce α and β."""
     zero3_tensor_s: float = 0.0
-    """DeepSpeed ZeRO-3 seconds per parameter tensor per micro-batch (zero3_tensor_seconds)."""
+    """DeepSpeed ZeRO-3's extra seconds per micro-batch (zero3_micro_batch_seconds) over the
+    model's parameter tensors, traffic included."""
+    zero3_tensors: int = 0
+    zero3_gathered_bytes: float = 0.0
+    """The measured model's parameter tensors and full gradient bytes: with them the α–β traffic
+    of the measurement (3 gathers of the weights per micro-batch, timing.py) is taken out of
+    zero3_tensor_s, since the time model charges that traffic itself. 0: not taken out."""
     optimizer_step_bytes_per_s: float = 0.0
     """The engine's whole optimizer step (optimizer_step_bytes_per_s); 0: use adam_bytes_per_s."""
     engine_slowdown: dict[int, float] = dataclasses.field(default_factory=dict)
@@ -317,8 +311,16 @@ class CpuCalibration:
             intra_node_latency_us=link.latency_s * 1e6,
             host_overhead_per_layer_us=self.model.overhead_s / num_layers * 1e6,
             cores_per_node=self.cores(processes),
-            zero3_tensor_overhead_us=self.zero3_tensor_s * 1e6,
+            zero3_tensor_overhead_us=self.zero3_overhead_s(link) * 1e6,
         )
+
+    def zero3_overhead_s(self, link: Collective) -> float:
+        """ZeRO-3's per-tensor cost beyond the traffic timing.py charges on `link`."""
+        if not self.zero3_tensors:
+            return self.zero3_tensor_s
+        wire = Link("calibration", link.bandwidth, link.latency_s)
+        traffic = 3 * all_gather(self.zero3_gathered_bytes, link.size, wire)
+        return max(0.0, self.zero3_tensor_s - traffic / self.zero3_tensors)
 
     def as_dict(self) -> dict:
         measured = self.engine_slowdown or self.gemm_flops_per_process
@@ -336,6 +338,8 @@ class CpuCalibration:
             adam_bytes_per_s=data["adam_bytes_per_s"],
             collectives={int(k): Collective(**v) for k, v in data["collectives"].items()},
             zero3_tensor_s=data.get("zero3_tensor_s", 0.0),
+            zero3_tensors=data.get("zero3_tensors", 0),
+            zero3_gathered_bytes=data.get("zero3_gathered_bytes", 0.0),
             optimizer_step_bytes_per_s=data.get("optimizer_step_bytes_per_s", 0.0),
             engine_slowdown={int(k): v for k, v in data.get("engine_slowdown", {}).items()},
         )

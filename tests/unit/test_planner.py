@@ -483,6 +483,12 @@ def test_calibration_turns_measurements_into_cluster_facts(typed_config):
     assert cluster.zero3_tensor_overhead_us == pytest.approx(2000.0)
     assert CpuCalibration.from_dict(json_roundtrip(calibration.as_dict())) == calibration
 
+    # Measured on a model of 50 tensors and 12 MB of gradients: the 3 gathers per micro-batch the
+    # time model charges itself, 3·(500 µs + ½·12 MB / 1.2 GB/s) = 16.5 ms, come out of its 100 ms.
+    net = dataclasses.replace(calibration, zero3_tensors=50, zero3_gathered_bytes=12e6)
+    assert net.cluster(base, "fp32", 4, 2).zero3_tensor_overhead_us == pytest.approx(2000 - 330)
+    assert CpuCalibration.from_dict(json_roundtrip(net.as_dict())) == net
+
     # Where the model's own forward + backward was timed with n processes at once, that slowdown,
     # not the GEMMs', says how many cores the processes get.
     measured = dataclasses.replace(calibration, engine_slowdown={1: 1.0, 2: 1.4, 4: 2.5})
