@@ -327,14 +327,14 @@ def worker_engines(out: Path) -> None:
 
 
 def worker_zero3(out: Path) -> None:
-    """Under torchrun, 2 processes: DeepSpeed ZeRO-3's extra time per micro-batch over ZeRO-1 on our
-    engine over the model (calibrate.zero3_micro_batch_seconds), per parameter tensor."""
+    """Under torchrun, 2 processes: DeepSpeed ZeRO-2's and ZeRO-3's extra time per micro-batch over
+    ZeRO-1 on our engine over the model (calibrate.zero_micro_batch_seconds), per parameter tensor."""
     import torch.distributed as dist
 
     from integration.distributed import LaunchEnv, init_model_parallel, init_process_group
     from integration.layout import Layout
     from integration.plan import model_vocab_size
-    from integration.planner.calibrate import zero3_micro_batch_seconds
+    from integration.planner.calibrate import zero_micro_batch_seconds
     from integration.planner.memory import stage_parameters
 
     base = compose([*MODEL, *RUN])
@@ -343,15 +343,16 @@ def worker_zero3(out: Path) -> None:
     init_model_parallel(Layout.derive(base.parallel, env.world_size))
     b = base.parallel.micro_batch_size
     micro_batch = {}
-    for stage in (1, 3):
+    for stage in (1, 2, 3):
         _, run, _, parameters = engine_micro_batch(env.world_size, zero_stage=stage)
         micro_batch[stage] = lambda run=run: run(b)
-    seconds = zero3_micro_batch_seconds(micro_batch)
+    seconds = zero_micro_batch_seconds(micro_batch)
     vocab = model_vocab_size(base.model, base.data.tokenizer, base.data.vocab_size)
     tensors = len(stage_parameters(base.model, vocab, 1, 1, 0))
     if dist.get_rank() == 0:
         result = {
-            "zero3_tensor_s": seconds / tensors,
+            "zero2_tensor_s": seconds[2] / tensors,
+            "zero3_tensor_s": seconds[3] / tensors,
             "zero3_tensors": tensors,
             "zero3_gathered_bytes": 4 * parameters,
         }
@@ -560,8 +561,12 @@ class CpuCalibrationView:
             f"{m['overhead_s'] * 1e3:.1f} ms host time per micro-batch",
             f"    optimizer step (engine, ZeRO 0) {d.get('optimizer_step_bytes_per_s', 0) / 1e9:.2f} GB/s, AdamW alone "
             f"{d['adam_bytes_per_s'] / 1e9:.2f} GB/s (32 B/parameter); gloo all-reduce: {links}",
-            f"    DeepSpeed ZeRO-3 over ZeRO-1: {d.get('zero3_tensor_s', 0) * 1e3:.2f} ms per parameter tensor per "
-            f"micro-batch, {calibrated.zero3_overhead_s(calibrated.collectives[2]) * 1e3:.2f} ms beyond the α–β traffic",
+            "    DeepSpeed over ZeRO-1, per parameter tensor per micro-batch (beyond the α–β traffic): "
+            + ", ".join(
+                f"ZeRO-{stage} {d.get(f'zero{stage}_tensor_s', 0) * 1e3:.2f} ms "
+                f"({calibrated.zero_overhead_s(stage, calibrated.collectives[2]) * 1e3:.2f} ms)"
+                for stage in (2, 3)
+            ),
         ]
 
 

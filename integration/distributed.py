@@ -15,16 +15,42 @@ from integration.config.schema import ClusterConfig
 from integration.errors import ConfigError
 from integration.layout import Layout
 
-# (rank, local rank, world size) as each launcher names them, torch's first.
+# (rank, local rank, world size, processes on this node) as each launcher names them, torch's
+# first. The last is optional: with it a CPU node's cores are shared among its own processes
+# (torchrun says LOCAL_WORLD_SIZE, the deepspeed runner's launch.py LOCAL_SIZE).
 LAUNCHER_RANK_VARIABLES = (
-    ("RANK", "LOCAL_RANK", "WORLD_SIZE"),
-    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE"),  # Open MPI's mpirun
-    ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_SIZE"),  # MVAPICH's mpirun
+    ("RANK", "LOCAL_RANK", "WORLD_SIZE", ("LOCAL_WORLD_SIZE", "LOCAL_SIZE")),
+    # Open MPI's mpirun
+    (
+        "OMPI_COMM_WORLD_RANK",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "OMPI_COMM_WORLD_SIZE",
+        ("OMPI_COMM_WORLD_LOCAL_SIZE",),
+    ),
+    # MVAPICH's mpirun
+    (
+        "MV2_COMM_WORLD_RANK",
+        "MV2_COMM_WORLD_LOCAL_RANK",
+        "MV2_COMM_WORLD_SIZE",
+        ("MV2_COMM_WORLD_LOCAL_SIZE",),
+    ),
     # srun. Not SLURM_NTASKS: an sbatch script's own shell has SLURM_PROCID, SLURM_LOCALID and the
     # allocation's SLURM_NTASKS too, and a plain `python train.py` there is one process; only a
     # task that srun started has a step, and the step's task count.
-    ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NUM_TASKS"),
+    ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NUM_TASKS", ("SLURM_STEP_TASKS_PER_NODE",)),
 )
+
+
+def _processes_per_node(value: str | None) -> int | None:
+    """A launcher's count of processes on this node: a number, or Slurm's tasks-per-node list
+    ("4(x2)", "2,2"), which names this node's count only when every node has the same."""
+    if value is None:
+        return None
+    try:
+        counts = {int(part.split("(")[0]) for part in value.split(",")}
+    except ValueError:
+        return None
+    return counts.pop() if len(counts) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -34,6 +60,8 @@ class LaunchEnv:
     rank: int
     local_rank: int
     world_size: int
+    local_world_size: int | None = None
+    """Processes on this node, where the launcher says; None: not known."""
 
     @staticmethod
     def from_environ(environ: Mapping[str, str] | None = None) -> LaunchEnv:
@@ -42,11 +70,12 @@ class LaunchEnv:
         openmpi/mvapich backends run it under mpirun and its slurm backend under srun, none of which
         sets torch's names (DeepSpeed would map them through mpi4py, which we do not need)."""
         environ = os.environ if environ is None else environ
-        for names in LAUNCHER_RANK_VARIABLES:
+        for *names, local_sizes in LAUNCHER_RANK_VARIABLES:
             if all(name in environ for name in names):
                 rank, local_rank, world_size = (int(environ[name]) for name in names)
-                return LaunchEnv(rank, local_rank, world_size)
-        return LaunchEnv(0, 0, 1)
+                local_size = next((environ[n] for n in local_sizes if n in environ), None)
+                return LaunchEnv(rank, local_rank, world_size, _processes_per_node(local_size))
+        return LaunchEnv(0, 0, 1, 1)
 
     def export(self) -> None:
         """torch's names for what a launcher told this process, for deepspeed.init_distributed
@@ -54,6 +83,8 @@ class LaunchEnv:
         os.environ.update(
             RANK=str(self.rank), LOCAL_RANK=str(self.local_rank), WORLD_SIZE=str(self.world_size)
         )
+        if self.local_world_size is not None:
+            os.environ["LOCAL_WORLD_SIZE"] = str(self.local_world_size)
 
     @property
     def is_rank0(self) -> bool:
@@ -102,7 +133,7 @@ def _share_cores(env: LaunchEnv) -> None:
     oversubscribe it N-fold (2-4× slower steps). An explicit OMP_NUM_THREADS wins."""
     if "OMP_NUM_THREADS" in os.environ:
         return
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+    local_processes = env.local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
 
 

@@ -138,6 +138,9 @@ class ClusterConfig:
     cores_per_node: float | None = None
     """CPU cores the node's processes share; with more processes than cores each computes at
     cores/processes of its speed. None: every process has its own device."""
+    zero2_tensor_overhead_us: float = 0.0
+    """DeepSpeed ZeRO-2 host time per parameter tensor per micro-batch (gradient hooks, bucket
+    copies, the reduce calls), beyond the α-β traffic. Hidden on a GPU (0); measured on a CPU."""
     zero3_tensor_overhead_us: float = 0.0
     """DeepSpeed ZeRO-3 host time per parameter tensor per micro-batch (fetch/release hooks, the
     gather and gradient reduce-scatter calls), beyond the α-β traffic. Hidden on a GPU (0);

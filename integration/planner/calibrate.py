@@ -11,9 +11,9 @@ preset states from a datasheet, measured here with microbenchmarks that run no t
 - the optimizer step of a one-process DeepSpeed engine over the model (torch AdamW tensor by
   tensor, clipping, bookkeeping): its effective memory bandwidth;
 - gloo all-reduce at a small and a large size: the ring model's latency α and bandwidth β;
-- our engine's forward + backward at ZeRO-3 against ZeRO-1 on 2 processes: DeepSpeed's extra work
-  per micro-batch (fetch and release hooks, the gathers, the per-parameter gradient
-  reduce-scatter), less the α–β traffic the time model charges anyway, per parameter tensor.
+- our engine's forward + backward at ZeRO-2 and ZeRO-3 against ZeRO-1 on 2 processes: DeepSpeed's
+  extra work per micro-batch (gradient hooks and bucket copies; ZeRO-3's fetch and release hooks
+  and gathers), less the α–β traffic the time model charges anyway, per parameter tensor.
 
 Every measurement is the fastest of several chunks of work lasting ~0.1 s or more (the least
 disturbed by other jobs on a shared machine, as timeit advises); benchmarks/planner_accuracy.py
@@ -202,21 +202,20 @@ def adam_bytes_per_s(numel: int) -> float:
     return numel * OPTIMIZER_BYTES_PER_PARAM / best_seconds(optimizer.step)
 
 
-def zero3_micro_batch_seconds(
+def zero_micro_batch_seconds(
     micro_batch: dict[int, Callable[[], None]], calls: int = 3, passes: int = 6
-) -> float:
-    """DeepSpeed ZeRO-3's extra seconds per micro-batch over ZeRO-1: `micro_batch[stage]` runs one
-    forward + backward of the model through an engine at that ZeRO stage (inside a gradient
-    accumulation window, so ZeRO-1 does not communicate while ZeRO-3 gathers every weight in
-    forward and backward and reduce-scatters every gradient). Both timed in turn, the same call
-    count on every rank (the gathers are collectives). Call on every rank of a data-parallel world.
+) -> dict[int, float]:
+    """DeepSpeed ZeRO-2's and ZeRO-3's extra seconds per micro-batch over ZeRO-1, by stage:
+    `micro_batch[stage]` runs one forward + backward of the model through an engine at that stage
+    (inside a gradient accumulation window, where ZeRO-1 does not communicate, ZeRO-2
+    reduce-scatters every gradient through its bucket, and ZeRO-3 also gathers every weight in
+    forward and backward). All timed in turn, the same call count on every rank (the reductions
+    are collectives). Call on every rank of a data-parallel world.
 
     Measured on the model itself, not on a toy: Megatron-Core's modules nest several deep and
-    ZeRO-3 hooks every one of them, so a stack of Linear layers shows about a third of the cost."""
-    best = best_seconds_interleaved(
-        {stage: micro_batch[stage] for stage in (1, 3)}, passes=passes, calls=calls
-    )
-    return max(0.0, best[3] - best[1])
+    ZeRO-3 hooks every one of them, so a stack of Linear layers showed about a third of the cost."""
+    best = best_seconds_interleaved(micro_batch, passes=passes, calls=calls)
+    return {stage: max(0.0, seconds - best[1]) for stage, seconds in best.items() if stage != 1}
 
 
 @dataclass(frozen=True)
@@ -259,13 +258,16 @@ class CpuCalibration:
     collectives: dict[int, Collective]
     """Group size → all-reduce α and β."""
     zero3_tensor_s: float = 0.0
-    """DeepSpeed ZeRO-3's extra seconds per micro-batch (zero3_micro_batch_seconds) over the
-    model's parameter tensors, traffic included."""
+    """DeepSpeed ZeRO-3's extra seconds per micro-batch over ZeRO-1 (zero_micro_batch_seconds)
+    over the model's parameter tensors, traffic included."""
     zero3_tensors: int = 0
     zero3_gathered_bytes: float = 0.0
-    """The measured model's parameter tensors and full gradient bytes: with them the α–β traffic
-    of the measurement (3 gathers of the weights per micro-batch, timing.py) is taken out of
+    """The parameter tensors and full gradient bytes of the model the ZeRO stages were measured
+    on: with them the α–β traffic of the measurement (per micro-batch, timing.py: ZeRO-2 one
+    reduce-scatter, ZeRO-3 that and two gathers of the weights) is taken out of zero2_tensor_s and
     zero3_tensor_s, since the time model charges that traffic itself. 0: not taken out."""
+    zero2_tensor_s: float = 0.0
+    """As zero3_tensor_s for ZeRO-2."""
     optimizer_step_bytes_per_s: float = 0.0
     """The engine's whole optimizer step (optimizer_step_bytes_per_s); 0: use adam_bytes_per_s."""
     engine_slowdown: dict[int, float] = dataclasses.field(default_factory=dict)
@@ -311,16 +313,18 @@ class CpuCalibration:
             intra_node_latency_us=link.latency_s * 1e6,
             host_overhead_per_layer_us=self.model.overhead_s / num_layers * 1e6,
             cores_per_node=self.cores(processes),
-            zero3_tensor_overhead_us=self.zero3_overhead_s(link) * 1e6,
+            zero2_tensor_overhead_us=self.zero_overhead_s(2, link) * 1e6,
+            zero3_tensor_overhead_us=self.zero_overhead_s(3, link) * 1e6,
         )
 
-    def zero3_overhead_s(self, link: Collective) -> float:
-        """ZeRO-3's per-tensor cost beyond the traffic timing.py charges on `link`."""
+    def zero_overhead_s(self, stage: int, link: Collective) -> float:
+        """ZeRO-`stage`'s per-tensor cost beyond the traffic timing.py charges on `link`."""
+        measured = {2: self.zero2_tensor_s, 3: self.zero3_tensor_s}[stage]
         if not self.zero3_tensors:
-            return self.zero3_tensor_s
+            return measured
         wire = Link("calibration", link.bandwidth, link.latency_s)
-        traffic = 3 * all_gather(self.zero3_gathered_bytes, link.size, wire)
-        return max(0.0, self.zero3_tensor_s - traffic / self.zero3_tensors)
+        traffic = {2: 1, 3: 3}[stage] * all_gather(self.zero3_gathered_bytes, link.size, wire)
+        return max(0.0, measured - traffic / self.zero3_tensors)
 
     def as_dict(self) -> dict:
         measured = self.engine_slowdown or self.gemm_flops_per_process
@@ -340,6 +344,7 @@ class CpuCalibration:
             zero3_tensor_s=data.get("zero3_tensor_s", 0.0),
             zero3_tensors=data.get("zero3_tensors", 0),
             zero3_gathered_bytes=data.get("zero3_gathered_bytes", 0.0),
+            zero2_tensor_s=data.get("zero2_tensor_s", 0.0),
             optimizer_step_bytes_per_s=data.get("optimizer_step_bytes_per_s", 0.0),
             engine_slowdown={int(k): v for k, v in data.get("engine_slowdown", {}).items()},
         )

@@ -233,13 +233,16 @@ def step_time(
         # and backward (3Ψ per micro-batch).
         if x.zero_stage in (0, 1):
             dp_time = all_reduce(grad_bytes, x.dp, dp_link)
-        elif x.zero_stage == 2:
-            dp_time = (m + 1) * all_gather(grad_bytes, x.dp, dp_link)
         else:
-            dp_time = 3 * m * all_gather(grad_bytes, x.dp, dp_link)
-            # DeepSpeed's own work per parameter tensor (hooks, partition bookkeeping, one call each).
+            # DeepSpeed's own work per parameter tensor and micro-batch (hooks, bucket copies,
+            # partition bookkeeping): 0 on a GPU, where kernels hide it; measured on a CPU.
             tensors = len(stage_parameters(model, vocab, x.tp, x.pp, 0))
-            dp_time += m * tensors * cluster.zero3_tensor_overhead_us * 1e-6
+            if x.zero_stage == 2:
+                dp_time = (m + 1) * all_gather(grad_bytes, x.dp, dp_link)
+                dp_time += m * tensors * cluster.zero2_tensor_overhead_us * 1e-6
+            else:
+                dp_time = 3 * m * all_gather(grad_bytes, x.dp, dp_link)
+                dp_time += m * tensors * cluster.zero3_tensor_overhead_us * 1e-6
     # Counted as exposed: DeepSpeed's overlap_comm is off by default for stages 1/2 and stage 0
     # reduces after backward; ZeRO-3's prefetch hides part of its gathers, so this is its upper bound.
 

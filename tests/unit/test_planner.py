@@ -454,6 +454,13 @@ def test_cpu_terms_host_overhead_shared_cores_and_zero3_tensors(typed_config):
     costly = step_time(model, vocab, dataclasses.replace(two, zero3_tensor_overhead_us=1000.0), z3, 0.5, 1e9)
     tensors = len(stage_parameters(model, vocab, 1, 1, 0))
     assert costly.data_parallel - base.data_parallel == pytest.approx(8 * tensors * 1e-3)
+    # ZeRO-2 likewise with its own figure, which ZeRO-3 does not pay.
+    z2 = dataclasses.replace(z3, zero_stage=2)
+    hooked = dataclasses.replace(two, zero2_tensor_overhead_us=400.0)
+    assert step_time(model, vocab, hooked, z2, 0.5, 1e9).data_parallel - step_time(
+        model, vocab, two, z2, 0.5, 1e9
+    ).data_parallel == pytest.approx(8 * tensors * 400e-6)
+    assert step_time(model, vocab, hooked, z3, 0.5, 1e9).data_parallel == base.data_parallel
 
 
 def test_calibration_turns_measurements_into_cluster_facts(typed_config):
@@ -485,8 +492,10 @@ def test_calibration_turns_measurements_into_cluster_facts(typed_config):
 
     # Measured on a model of 50 tensors and 12 MB of gradients: the 3 gathers per micro-batch the
     # time model charges itself, 3·(500 µs + ½·12 MB / 1.2 GB/s) = 16.5 ms, come out of its 100 ms.
-    net = dataclasses.replace(calibration, zero3_tensors=50, zero3_gathered_bytes=12e6)
+    # ZeRO-2's one reduce-scatter per micro-batch, a third of that, comes out of its figure.
+    net = dataclasses.replace(calibration, zero3_tensors=50, zero3_gathered_bytes=12e6, zero2_tensor_s=1e-3)
     assert net.cluster(base, "fp32", 4, 2).zero3_tensor_overhead_us == pytest.approx(2000 - 330)
+    assert net.cluster(base, "fp32", 4, 2).zero2_tensor_overhead_us == pytest.approx(1000 - 110)
     assert CpuCalibration.from_dict(json_roundtrip(net.as_dict())) == net
 
     # Where the model's own forward + backward was timed with n processes at once, that slowdown,
