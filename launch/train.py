@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from integration.config import TrainConfig, register_schemas, to_typed  # noqa: E402
 from integration.distributed import LaunchEnv  # noqa: E402
-from integration.errors import ConfigError  # noqa: E402
+from integration.errors import ConfigError, report_and_exit  # noqa: E402
 from integration.layout import Layout  # noqa: E402
 
 if TYPE_CHECKING:
@@ -86,9 +86,7 @@ def main(cfg: DictConfig) -> None:
                 else None,
             )
     except ConfigError as err:
-        if env.local_rank == 0:
-            print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
+        report_and_exit(f"config error: {err}", 2, speaker=env.local_rank == 0)
 
     from integration.stability.monitor import TrainingDiverged
 
@@ -102,9 +100,7 @@ def main(cfg: DictConfig) -> None:
             list(HydraConfig.get().overrides.task),
         )
     except TrainingDiverged as err:
-        if env.is_rank0:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(3)
+        report_and_exit(f"error: {err}", 3, speaker=env.is_rank0)
 
 
 def train(
