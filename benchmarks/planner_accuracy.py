@@ -251,7 +251,7 @@ def engine_micro_batch(world: int, accumulating: bool = True, zero_stage: int = 
 
     batch = 10**6 * world if accumulating else world
     # ZeRO 0: no stage reduces gradients inside the accumulation window, so ranks timed apart never wait
-    # on each other (concurrent_slowdowns).
+    # on each other (concurrent_micro_batch_seconds).
     config = compose(
         [
             *MODEL,
@@ -306,14 +306,14 @@ def worker_engine(out: Path) -> None:
 
 
 def worker_engines(out: Path) -> None:
-    """Under torchrun, 4 processes, each with its own engine over the model: the forward +
-    backward's slowdown with 1, 2 and 4 of them running at once (calibrate.concurrent_slowdowns),
-    at the layouts' micro-batch size."""
+    """Under torchrun, n processes (2 or 4), each with its own engine over the model, all computing
+    at once: seconds per forward + backward at the layouts' micro-batch size
+    (calibrate.concurrent_micro_batch_seconds), to set against the one-process world's."""
     import torch.distributed as dist
 
     from integration.distributed import LaunchEnv, init_model_parallel, init_process_group
     from integration.layout import Layout
-    from integration.planner.calibrate import concurrent_slowdowns
+    from integration.planner.calibrate import concurrent_micro_batch_seconds
 
     base = compose([*MODEL, *RUN])
     env = LaunchEnv.from_environ()
@@ -321,9 +321,11 @@ def worker_engines(out: Path) -> None:
     init_model_parallel(Layout.derive(base.parallel, env.world_size))
     _, micro_batch, _, _ = engine_micro_batch(env.world_size)
     b = base.parallel.micro_batch_size
-    slowdowns = concurrent_slowdowns(lambda: micro_batch(b), sizes=(2, env.world_size))
+    seconds = concurrent_micro_batch_seconds(lambda: micro_batch(b))
     if dist.get_rank() == 0:
-        (out / "engines.json").write_text(json.dumps({"engine_slowdown": slowdowns}))
+        (out / f"engines{env.world_size}.json").write_text(
+            json.dumps({"micro_batch_size": b, "seconds": seconds})
+        )
 
 
 def worker_zero3(out: Path) -> None:
@@ -393,15 +395,23 @@ def run_activations() -> dict:
 
 
 def calibrate_machine() -> dict:
+    from integration.planner.calibrate import ModelPass, engine_slowdowns
+
     with tempfile.TemporaryDirectory() as tmp:
         torchrun(4, [__file__, "--worker", "world", tmp])
         torchrun(1, [__file__, "--worker", "engine", tmp])
-        torchrun(4, [__file__, "--worker", "engines", tmp])
+        for processes in (2, 4):
+            torchrun(processes, [__file__, "--worker", "engines", tmp])
         torchrun(2, [__file__, "--worker", "zero3", tmp])
-        parts = [
-            json.loads((Path(tmp) / f"{n}.json").read_text()) for n in ("world", "engine", "engines", "zero3")
-        ]
-        return {k: v for part in parts for k, v in part.items()}
+        parts = [json.loads((Path(tmp) / f"{n}.json").read_text()) for n in ("world", "engine", "zero3")]
+        together = {n: json.loads((Path(tmp) / f"engines{n}.json").read_text()) for n in (2, 4)}
+    calibration = {k: v for part in parts for k, v in part.items()}
+    alone = ModelPass(**{**calibration["model"], "points": tuple(map(tuple, calibration["model"]["points"]))})
+    b = together[2]["micro_batch_size"]
+    calibration["engine_slowdown"] = engine_slowdowns(
+        alone.seconds(b), {n: part["seconds"] for n, part in together.items()}
+    )
+    return calibration
 
 
 def run_layout(

@@ -107,42 +107,44 @@ def concurrent_gemm_flops(group, tokens: int, hidden: int, width: int) -> float:
     return 2 * tokens * hidden * width / concurrent_seconds(group, lambda: a @ b)
 
 
-def concurrent_slowdowns(
-    micro_batch: Callable[[], None], sizes: tuple[int, ...], seconds: float = 0.4, passes: int = 6
-) -> dict[int, float]:
-    """How much slower one forward + backward of the model gets when n processes of the node run
-    theirs at once, for each n in `sizes`: seconds per micro-batch with the first n ranks of the
-    world computing together (until the last is done, as concurrent_seconds) over the same with
-    rank 0 alone; each count timed once per pass, in turn, and the fastest pass kept. Call on every
-    rank of the world, each with its own engine over the model (inside a gradient-accumulation
-    window, so no rank communicates); the result on every rank.
+def concurrent_micro_batch_seconds(
+    micro_batch: Callable[[], None], seconds: float = 0.4, passes: int = 6
+) -> float:
+    """Seconds per forward + backward of the model while every rank of the world runs its own at
+    once (each with its own engine, inside a gradient-accumulation window, so no rank
+    communicates): the same call count on every rank, timed until the last rank is done (as
+    concurrent_seconds), the fastest of `passes`. Call on every rank; the result on every rank.
 
-    This, not the GEMM rate alone, is what n processes on a CPU node cost each other: the engine's
-    step is also memory-bound element-wise work, Python dispatch and the helper threads of gloo and
-    DeepSpeed, which share the cores and caches as well."""
-    rank = dist.get_rank()
-    counts = sorted({1, *sizes})
-    if counts[-1] > dist.get_world_size():
-        raise ValueError(f"concurrent_slowdowns: sizes {sizes} exceed the world of {dist.get_world_size()}")
+    Every rank computes: a rank left waiting in a collective while others are timed made the timed
+    ones 0-35% slower here than a process alone, so the n = 1 baseline comes from a one-process
+    world instead (engine_slowdowns)."""
     for _ in range(2):  # warm-up: the first calls allocate
         micro_batch()
     start = time.perf_counter()
     micro_batch()
     calls = torch.tensor([max(1, round(seconds / max(time.perf_counter() - start, 1e-6)))])
     dist.broadcast(calls, src=0)
-    best = dict.fromkeys(counts, float("inf"))
+    best = float("inf")
     for _ in range(passes):
-        for n in counts:
-            dist.barrier()
-            makespan = torch.zeros(1, dtype=torch.float64)
-            if rank < n:
-                start = time.perf_counter()
-                for _ in range(int(calls)):
-                    micro_batch()
-                makespan[0] = time.perf_counter() - start
-            dist.all_reduce(makespan, op=dist.ReduceOp.MAX)
-            best[n] = min(best[n], float(makespan) / int(calls))
-    return {n: best[n] / best[1] for n in counts}
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(int(calls)):
+            micro_batch()
+        makespan = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+        dist.all_reduce(makespan, op=dist.ReduceOp.MAX)
+        best = min(best, float(makespan) / int(calls))
+    return best
+
+
+def engine_slowdowns(alone_s: float, together_s: dict[int, float]) -> dict[int, float]:
+    """n → how much slower the model's forward + backward runs with n processes of the node at
+    once: concurrent_micro_batch_seconds in an n-process world over the same micro-batch in a
+    one-process world (`alone_s`), at least 1.
+
+    This, not the GEMM rate alone, is what n processes on a CPU node cost each other: the engine's
+    step is also memory-bound element-wise work, Python dispatch and the helper threads of gloo and
+    DeepSpeed, which share the cores and caches as well."""
+    return {1: 1.0, **{n: max(1.0, seconds / alone_s) for n, seconds in sorted(together_s.items())}}
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,16 @@ class ModelPass:
     overhead_s: float
     """The intercept: host time per micro-batch, whatever its size."""
     points: tuple[tuple[int, float], ...]
-    """(micro-batch size, median seconds) measured."""
+    """(micro-batch size, fastest seconds) measured."""
+
+    def seconds(self, micro_batch_size: int) -> float:
+        """The fastest time measured at this micro-batch size."""
+        measured = dict(self.points)
+        if micro_batch_size not in measured:
+            raise ValueError(
+                f"ModelPass: micro-batch size {micro_batch_size} not measured (sizes {sorted(measured)})"
+            )
+        return measured[micro_batch_size]
 
 
 def model_pass(
@@ -272,7 +283,7 @@ class CpuCalibration:
     """The engine's whole optimizer step (optimizer_step_bytes_per_s); 0: use adam_bytes_per_s."""
     engine_slowdown: dict[int, float] = dataclasses.field(default_factory=dict)
     """n → how much slower the model's forward + backward runs with n processes at once
-    (concurrent_slowdowns); empty: judge by the GEMM rates alone."""
+    (engine_slowdowns); empty: judge by the GEMM rates alone."""
 
     def cores(self, processes: int | None = None) -> float:
         """Cores `processes` processes effectively get: computing at once, each runs 1/slowdown(n)

@@ -507,6 +507,20 @@ def test_calibration_turns_measurements_into_cluster_facts(typed_config):
     assert CpuCalibration.from_dict(json_roundtrip(measured.as_dict())) == measured
 
 
+def test_engine_slowdowns_are_against_the_one_process_world():
+    """n processes computing at once over the same micro-batch in a world of one; never below 1
+    (a lucky pass cannot make the node faster than one process alone)."""
+    from integration.planner.calibrate import ModelPass, engine_slowdowns
+
+    alone = ModelPass(60e9, 0.006, ((1, 0.054), (2, 0.094), (4, 0.179)))
+    assert alone.seconds(2) == 0.094
+    with pytest.raises(ValueError, match="micro-batch size 8 not measured"):
+        alone.seconds(8)
+    slowdowns = engine_slowdowns(alone.seconds(2), {4: 0.251, 2: 0.1316, 3: 0.09})
+    assert slowdowns == pytest.approx({1: 1.0, 2: 1.4, 3: 1.0, 4: 0.251 / 0.094})
+    assert list(slowdowns) == [1, 2, 3, 4]
+
+
 def json_roundtrip(data: dict) -> dict:
     import json
 
