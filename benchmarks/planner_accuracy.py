@@ -395,7 +395,7 @@ def run_activations() -> dict:
 
 
 def calibrate_machine() -> dict:
-    from integration.planner.calibrate import ModelPass, engine_slowdowns
+    from integration.planner.calibrate import CpuCalibration, engine_slowdowns
 
     with tempfile.TemporaryDirectory() as tmp:
         torchrun(4, [__file__, "--worker", "world", tmp])
@@ -406,10 +406,9 @@ def calibrate_machine() -> dict:
         parts = [json.loads((Path(tmp) / f"{n}.json").read_text()) for n in ("world", "engine", "zero3")]
         together = {n: json.loads((Path(tmp) / f"engines{n}.json").read_text()) for n in (2, 4)}
     calibration = {k: v for part in parts for k, v in part.items()}
-    alone = ModelPass(**{**calibration["model"], "points": tuple(map(tuple, calibration["model"]["points"]))})
-    b = together[2]["micro_batch_size"]
+    alone = CpuCalibration.from_dict(calibration).model.seconds(together[2]["micro_batch_size"])
     calibration["engine_slowdown"] = engine_slowdowns(
-        alone.seconds(b), {n: part["seconds"] for n, part in together.items()}
+        alone, {n: part["seconds"] for n, part in together.items()}
     )
     return calibration
 

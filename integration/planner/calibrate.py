@@ -115,9 +115,9 @@ def concurrent_micro_batch_seconds(
     communicates): the same call count on every rank, timed until the last rank is done (as
     concurrent_seconds), the fastest of `passes`. Call on every rank; the result on every rank.
 
-    Every rank computes: a rank left waiting in a collective while others are timed made the timed
-    ones 0-35% slower here than a process alone, so the n = 1 baseline comes from a one-process
-    world instead (engine_slowdowns)."""
+    Every rank computes: here one rank timed while the others of its world waited in a collective
+    ran a median 120-128 ms per micro-batch where a one-process world ran 92-103 ms, so the n = 1
+    baseline comes from a one-process world instead (engine_slowdowns)."""
     for _ in range(2):  # warm-up: the first calls allocate
         micro_batch()
     start = time.perf_counter()

@@ -51,14 +51,14 @@ class Run:
         return [r for r in read_metrics(self.run_dir / "metrics.jsonl") if "val_loss" in r]
 
 
-def command(launcher: str, nprocs: int) -> list[str]:
+def command(launcher: str, nprocs: int, script: Path = TRAIN) -> list[str]:
     if launcher == "deepspeed":
-        return ["deepspeed", "--num_gpus", str(nprocs), "--master_port", str(free_port()), str(TRAIN)]
+        return ["deepspeed", "--num_gpus", str(nprocs), "--master_port", str(free_port()), str(script)]
     if launcher == "torchrun":
-        return ["torchrun", "--nproc_per_node", str(nprocs), "--master_port", str(free_port()), str(TRAIN)]
+        return ["torchrun", "--nproc_per_node", str(nprocs), "--master_port", str(free_port()), str(script)]
     if launcher == "python":
         assert nprocs == 1
-        return [sys.executable, str(TRAIN)]
+        return [sys.executable, str(script)]
     raise ValueError(launcher)
 
 

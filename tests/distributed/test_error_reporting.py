@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.distributed.launch import ROOT, free_port
+from tests.distributed.launch import ROOT, command
 
 SCRIPT = ROOT / "tests" / "distributed" / "scripts" / "late_speaker.py"
 
@@ -15,16 +15,11 @@ SCRIPT = ROOT / "tests" / "distributed" / "scripts" / "late_speaker.py"
 def launch(
     launcher: str, speaker_delay_s: float, grace_s: float
 ) -> tuple[subprocess.CompletedProcess, float]:
-    runner = {
-        "deepspeed": ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port())],
-        "torchrun": ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port())],
-    }[launcher]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     started = time.monotonic()
     proc = subprocess.run(
-        [*runner, str(SCRIPT), str(speaker_delay_s), str(grace_s)],
+        [*command(launcher, 2, SCRIPT), str(speaker_delay_s), str(grace_s)],
         cwd=ROOT,
-        env=env,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
         capture_output=True,
         text=True,
         timeout=120,

@@ -13,8 +13,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from integration.errors import report_and_exit  # noqa: E402
+from integration.launcher_args import strip_launcher_args  # noqa: E402
 
-delay_s, grace_s = (float(arg) for arg in sys.argv[1:] if not arg.startswith("--local_rank"))
+strip_launcher_args(sys.argv)
+delay_s, grace_s = map(float, sys.argv[1:3])
 speaker = int(os.environ["LOCAL_RANK"]) == 0
 if speaker:
     time.sleep(delay_s)
