@@ -10,14 +10,15 @@ measurements of the real thing, in one run.
     case within 10%.
 (B) Step time: a one-off calibration of the machine (planner/calibrate.py: GEMM FLOP/s alone and
     with 2 and 4 processes at once, our engine's forward + backward at micro-batch 1-8 and with 1,
-    2 and 4 engines at once, its optimizer step, gloo all-reduce α/β, ZeRO-3's extra cost per
-    micro-batch over ZeRO-1 on 2 processes; no training layout is run), turned into the
-    cluster facts and compute efficiency the time model (planner/timing.py) reads; then each layout
-    (1-4 processes: single, micro-batch and recompute variants, DP2 at ZeRO 0-3, TP2, PP2, TP2×PP2,
-    DP4) trained for real through launch/train.py and its median step time (metrics.jsonl
-    `step_time`, warm-up steps dropped) compared with the prediction. Each round calibrates again
-    and runs every layout once (the order reversed every other round), so drift in the machine's
-    load lands on calibration and layouts alike; the table shows the medians over rounds.
+    2 and 4 engines at once, its optimizer step, gloo all-reduce α/β right after compute with 2 and
+    4 processes busy, ZeRO-3's extra cost per micro-batch over ZeRO-1 on 2 processes; no training
+    layout is run), turned into the cluster facts and compute efficiency the time model
+    (planner/timing.py) reads; then each layout (1-4 processes: single, micro-batch and recompute
+    variants, DP2 at ZeRO 0-3, TP2, PP2, TP2×PP2, DP4) trained for real through launch/train.py and
+    its fastest step (metrics.jsonl `step_time`, warm-up steps dropped; the calibration takes the
+    fastest chunks likewise) compared with the prediction. Each round calibrates again and runs
+    every layout once (the order reversed every other round), so drift in the machine's load lands
+    on calibration and layouts alike; the table shows the medians over rounds.
     Goals: MAPE ≤ 10%, and the ranking preserved: every pair of layouts whose measured times differ
     by more than 10% is ordered the same by the prediction (Spearman's ρ is printed too).
 (C) On a CUDA machine: each layout's peak allocated GPU memory (metrics.jsonl
@@ -79,7 +80,7 @@ LAYOUTS = [
     ("single mbs2", 1, []),
     ("single mbs8", 1, ["parallel.micro_batch_size=8"]),
     ("single full-recompute", 1, ["model.recompute_granularity=full"]),
-    ("dp2 z0", 2, ["parallel=dp"]),
+    ("dp2 z0", 2, ["parallel=dp", "parallel.zero_stage=0"]),
     ("dp2 z1", 2, ["parallel=dp", "parallel.zero_stage=1"]),
     ("dp2 z2", 2, ["parallel=dp", "parallel.zero_stage=2"]),
     ("dp2 z3", 2, ["parallel=dp", "parallel.zero_stage=3"]),
@@ -219,18 +220,24 @@ def worker_activations(out: Path, cases: list[dict]) -> None:
 
 
 def worker_world(out: Path) -> None:
-    """Under torchrun, 4 processes: GEMM rates with 1, 2 and 4 processes at once, gloo α/β."""
+    """Under torchrun, n processes: gloo α/β with all n busy; with 4, also GEMM rates with 1, 2
+    and 4 processes at once."""
     from integration.distributed import LaunchEnv, init_process_group
     from integration.planner.calibrate import calibrate_world
 
     config = compose([*MODEL, *RUN])
-    init_process_group(config.cluster, LaunchEnv.from_environ())
+    env = LaunchEnv.from_environ()
+    init_process_group(config.cluster, env)
     model = config.model
     result = calibrate_world(
-        config.parallel.micro_batch_size, model.seq_length, model.hidden_size, model.ffn_hidden_size
+        config.parallel.micro_batch_size,
+        model.seq_length,
+        model.hidden_size,
+        model.ffn_hidden_size,
+        gemm_rates=env.world_size == 4,
     )
     if result is not None:
-        (out / "world.json").write_text(json.dumps(result))
+        (out / f"world{env.world_size}.json").write_text(json.dumps(result))
 
 
 def engine_micro_batch(world: int, accumulating: bool = True, zero_stage: int = 0):
@@ -398,14 +405,17 @@ def calibrate_machine() -> dict:
     from integration.planner.calibrate import CpuCalibration, engine_slowdowns
 
     with tempfile.TemporaryDirectory() as tmp:
-        torchrun(4, [__file__, "--worker", "world", tmp])
+        for processes in (2, 4):
+            torchrun(processes, [__file__, "--worker", "world", tmp])
         torchrun(1, [__file__, "--worker", "engine", tmp])
         for processes in (2, 4):
             torchrun(processes, [__file__, "--worker", "engines", tmp])
         torchrun(2, [__file__, "--worker", "zero3", tmp])
-        parts = [json.loads((Path(tmp) / f"{n}.json").read_text()) for n in ("world", "engine", "zero3")]
+        parts = [json.loads((Path(tmp) / f"{n}.json").read_text()) for n in ("world4", "engine", "zero3")]
+        pairs = json.loads((Path(tmp) / "world2.json").read_text())["collectives"]
         together = {n: json.loads((Path(tmp) / f"engines{n}.json").read_text()) for n in (2, 4)}
     calibration = {k: v for part in parts for k, v in part.items()}
+    calibration["collectives"] = pairs + calibration["collectives"]
     alone = CpuCalibration.from_dict(calibration).model.seconds(together[2]["micro_batch_size"])
     calibration["engine_slowdown"] = engine_slowdowns(
         alone, {n: part["seconds"] for n, part in together.items()}
@@ -549,8 +559,8 @@ class CpuCalibrationView:
             f"{n} at once {v / 1e9:.1f}" for n, v in sorted(d["gemm_flops_per_process"].items())
         )
         links = ", ".join(
-            f"{n} ranks α {c['latency_s'] * 1e6:.0f} µs β {c['bandwidth'] / 1e9:.2f} GB/s"
-            for n, c in sorted(d["collectives"].items())
+            f"{c.size} of {c.processes} busy α {c.latency_s * 1e6:.0f} µs β {c.bandwidth / 1e9:.2f} GB/s"
+            for c in calibrated.collectives
         )
         m = d["model"]
         points = ", ".join(f"mbs {b}: {t * 1e3:.0f} ms" for b, t in m["points"])
@@ -573,7 +583,7 @@ class CpuCalibrationView:
             "    DeepSpeed over ZeRO-1, per parameter tensor per micro-batch (beyond the α–β traffic): "
             + ", ".join(
                 f"ZeRO-{stage} {d.get(f'zero{stage}_tensor_s', 0) * 1e3:.2f} ms "
-                f"({calibrated.zero_overhead_s(stage, calibrated.collectives[2]) * 1e3:.2f} ms)"
+                f"({calibrated.zero_overhead_s(stage, calibrated.collective(2, 2)) * 1e3:.2f} ms)"
                 for stage in (2, 3)
             ),
         ]

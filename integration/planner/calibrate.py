@@ -10,7 +10,9 @@ preset states from a datasheet, measured here with microbenchmarks that run no t
   a CPU runs it on the critical path);
 - the optimizer step of a one-process DeepSpeed engine over the model (torch AdamW tensor by
   tensor, clipping, bookkeeping): its effective memory bandwidth;
-- gloo all-reduce at a small and a large size: the ring model's latency α and bandwidth β;
+- gloo all-reduce at a small and a large size, each right after a GEMM with every process of the
+  world busy in groups of the link's size (as tensor and data parallel ranks are in a step), less
+  the GEMM: the ring model's latency α and bandwidth β as a training step is charged them;
 - our engine's forward + backward at ZeRO-2 and ZeRO-3 against ZeRO-1 on 2 processes: DeepSpeed's
   extra work per micro-batch (gradient hooks and bucket copies; ZeRO-3's fetch and release hooks
   and gathers), less the α–β traffic the time model charges anyway, per parameter tensor.
@@ -234,29 +236,49 @@ class Collective:
     size: int
     """Ranks in the group."""
     latency_s: float
-    """α of the ring model: a small all-reduce's time / 2(n-1)."""
+    """α of the ring model: a small all-reduce's exposed time / 2(n-1)."""
     bandwidth: float
     """β in bytes/s: from a large all-reduce, 2(n-1)/n · B / (t - 2(n-1)α)."""
+    processes: int = 0
+    """Processes of the node busy while it was measured (all in groups of `size`); 0: unknown."""
 
 
-def all_reduce_alpha_beta(group, size: int, small: int = 1024, large: int = 4 << 20) -> Collective:
-    """Call on every rank of the world with `group` (None on ranks outside it, which only wait)."""
-    inside = group is not None
+def exposed_all_reduce_seconds(group, nbytes: int, compute: Callable[[], object], calls: int) -> float:
+    """Seconds an all-reduce of `nbytes` over `group` adds to the work before it: `compute` then the
+    all-reduce, less `compute` alone (interleaved, fastest chunks).
+
+    Back to back, gloo's all-reduce of 1 KiB between 2 CPU processes took 0.89-0.95 ms here; after
+    a 0.8 ms GEMM it added 1.65-1.83 ms, and 2.3-2.6 ms with a second pair busy the same way (the
+    ranks reach it apart and wake from a blocking wait on shared cores). In a step every collective follows compute
+    (tensor parallel: per layer; data parallel: after the backward), so that is the cost to charge."""
+    buffer = torch.ones(nbytes // 4)
+
+    def compute_then_reduce() -> None:
+        compute()
+        dist.all_reduce(buffer, group=group)
+
+    best = best_seconds_interleaved({"alone": compute, "with": compute_then_reduce}, passes=7, calls=calls)
+    return max(best["with"] - best["alone"], 1e-9)
+
+
+def all_reduce_alpha_beta(
+    size: int, compute: Callable[[], object], small: int = 1024, large: int = 4 << 20
+) -> Collective:
+    """α and β of all-reduces over groups of `size` consecutive ranks, every rank of the world in one
+    and all measuring at once (exposed_all_reduce_seconds). Call on every rank; the world size a
+    multiple of `size`. The result is rank 0's group's."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    groups = [dist.new_group(list(range(first, first + size))) for first in range(0, world, size)]
+    group = groups[rank // size]
     times = {}
-    for nbytes, calls in ((small, 100), (large, 8)):
-        buffer = torch.ones(nbytes // 4)
+    for nbytes, calls in ((small, 40), (large, 8)):
         dist.barrier()
-        if inside:
-            times[nbytes] = best_seconds(
-                lambda buffer=buffer: dist.all_reduce(buffer, group=group), calls=calls
-            )
-        dist.barrier()
-    if not inside:
-        return Collective(size, 0.0, 0.0)
+        times[nbytes] = exposed_all_reduce_seconds(group, nbytes, compute, calls)
+    dist.barrier()
     steps = 2 * (size - 1)
     alpha = times[small] / steps
     bandwidth = steps / size * large / max(times[large] - steps * alpha, 1e-9)
-    return Collective(size, alpha, bandwidth)
+    return Collective(size, alpha, bandwidth, processes=world)
 
 
 @dataclass(frozen=True)
@@ -266,8 +288,8 @@ class CpuCalibration:
     model: ModelPass
     adam_bytes_per_s: float
     """torch AdamW alone over one flat buffer (for reference)."""
-    collectives: dict[int, Collective]
-    """Group size → all-reduce α and β."""
+    collectives: tuple[Collective, ...]
+    """All-reduce α and β by group size and the processes busy at the time (collective)."""
     zero3_tensor_s: float = 0.0
     """DeepSpeed ZeRO-3's extra seconds per micro-batch over ZeRO-1 (zero_micro_batch_seconds)
     over the model's parameter tensors, traffic included."""
@@ -313,7 +335,7 @@ class CpuCalibration:
         """`base` (e.g. local_cpu) with the measured facts, for `processes` processes on the node
         (gpus_per_node; cores_per_node as measured at that count). The link's α and β are those of
         the all-reduce over `link_size` ranks (the tensor and data groups of 2-4 CPU processes)."""
-        link = self.collectives[link_size]
+        link = self.collective(link_size, processes)
         sized = {"num_nodes": 1, "gpus_per_node": processes} if processes else {}
         return dataclasses.replace(
             base,
@@ -327,6 +349,17 @@ class CpuCalibration:
             zero2_tensor_overhead_us=self.zero_overhead_s(2, link) * 1e6,
             zero3_tensor_overhead_us=self.zero_overhead_s(3, link) * 1e6,
         )
+
+    def collective(self, size: int, processes: int | None = None) -> Collective:
+        """The all-reduce over `size` ranks measured with the fewest processes busy at or above
+        `processes` (the most where none is, or for None)."""
+        sized = [c for c in self.collectives if c.size == size]
+        if not sized:
+            raise ValueError(f"no all-reduce over {size} ranks was measured (have: {self.collectives})")
+        at_least = [c for c in sized if processes is not None and c.processes >= processes]
+        if at_least:
+            return min(at_least, key=lambda c: c.processes)
+        return max(sized, key=lambda c: c.processes)
 
     def zero_overhead_s(self, stage: int, link: Collective) -> float:
         """ZeRO-`stage`'s per-tensor cost beyond the traffic timing.py charges on `link`."""
@@ -351,7 +384,7 @@ class CpuCalibration:
                 tuple(tuple(p) for p in data["model"]["points"]),
             ),
             adam_bytes_per_s=data["adam_bytes_per_s"],
-            collectives={int(k): Collective(**v) for k, v in data["collectives"].items()},
+            collectives=tuple(Collective(**c) for c in data["collectives"]),
             zero3_tensor_s=data.get("zero3_tensor_s", 0.0),
             zero3_tensors=data.get("zero3_tensors", 0),
             zero3_gathered_bytes=data.get("zero3_gathered_bytes", 0.0),
@@ -361,26 +394,27 @@ class CpuCalibration:
         )
 
 
-def calibrate_world(micro_batch_size: int, seq_length: int, hidden: int, ffn: int) -> dict | None:
-    """The part that needs several processes: GEMM rates with 1, 2 and all ranks at once, and
-    all-reduce α/β over 2 and all ranks. Run on every rank of a CPU world (2 or 4 processes);
-    the result on rank 0, None elsewhere."""
+def calibrate_world(
+    micro_batch_size: int, seq_length: int, hidden: int, ffn: int, gemm_rates: bool = True
+) -> dict | None:
+    """The part that needs several processes, run on every rank of a CPU world (2 or 4
+    processes): GEMM rates with 1, 2 and all ranks at once (unless not `gemm_rates`), and
+    all-reduce α/β over groups of 2 and of all ranks with every rank busy (all_reduce_alpha_beta,
+    each all-reduce after one GEMM of the model's MLP shape). The result on rank 0, None elsewhere."""
     rank, world = dist.get_rank(), dist.get_world_size()
     tokens = micro_batch_size * seq_length
     rates = {}
-    for n in sorted({1, 2, world}):
+    for n in sorted({1, 2, world}) if gemm_rates else ():
         group = dist.new_group(list(range(n)))
         dist.barrier()
         if rank < n:
             rates[n] = concurrent_gemm_flops(group, tokens, hidden, ffn)
         dist.barrier()
-    collectives = {}
-    for n in sorted({2, world}):
-        group = dist.new_group(list(range(n)))
-        collectives[n] = all_reduce_alpha_beta(group if rank < n else None, n)
+    a, b = torch.randn(tokens, hidden), torch.randn(hidden, ffn)
+    collectives = [all_reduce_alpha_beta(n, lambda: a @ b) for n in sorted({2, world})]
     if rank != 0:
         return None
     return {
-        "gemm_flops_per_process": rates,
-        "collectives": {n: dataclasses.asdict(c) for n, c in collectives.items()},
+        **({"gemm_flops_per_process": rates} if gemm_rates else {}),
+        "collectives": [dataclasses.asdict(c) for c in collectives],
     }

@@ -472,7 +472,11 @@ def test_calibration_turns_measurements_into_cluster_facts(typed_config):
         gemm_flops_per_process={1: 60e9, 2: 54e9, 4: 30e9},
         model=ModelPass(48e9, 0.012, ((1, 0.1), (8, 0.5))),
         adam_bytes_per_s=5e9,
-        collectives={2: Collective(2, 500e-6, 1.2e9), 4: Collective(4, 800e-6, 1.0e9)},
+        collectives=(
+            Collective(2, 500e-6, 1.2e9, processes=2),
+            Collective(2, 900e-6, 0.7e9, processes=4),
+            Collective(4, 800e-6, 1.0e9, processes=4),
+        ),
         zero3_tensor_s=2e-3,
         optimizer_step_bytes_per_s=4e9,
     )
@@ -484,8 +488,16 @@ def test_calibration_turns_measurements_into_cluster_facts(typed_config):
     assert cluster.peak_tflops_fp32 == pytest.approx(0.06)
     assert cluster.gpus_per_node == 4 and cluster.cores_per_node == pytest.approx(2.0)
     assert cluster.host_overhead_per_layer_us == pytest.approx(3000.0)
-    assert cluster.intra_node_latency_us == pytest.approx(500.0)
-    assert cluster.intra_node_bandwidth_gb_per_s == pytest.approx(1.2)
+    # The pairs' all-reduce as measured with all 4 processes busy, not with 2.
+    assert cluster.intra_node_latency_us == pytest.approx(900.0)
+    assert cluster.intra_node_bandwidth_gb_per_s == pytest.approx(0.7)
+    two = calibration.cluster(base, "fp32", num_layers=4, processes=2)
+    assert two.intra_node_latency_us == pytest.approx(500.0)
+    assert two.intra_node_bandwidth_gb_per_s == pytest.approx(1.2)
+    assert calibration.collective(2, 3).processes == calibration.collective(2).processes == 4
+    assert calibration.collective(4, 2).latency_s == pytest.approx(800e-6)
+    with pytest.raises(ValueError, match="no all-reduce over 8 ranks"):
+        calibration.collective(8, 8)
     assert cluster.gpu_memory_bandwidth_gb_per_s == pytest.approx(4.0)  # the engine's whole step
     assert cluster.zero3_tensor_overhead_us == pytest.approx(2000.0)
     assert CpuCalibration.from_dict(json_roundtrip(calibration.as_dict())) == calibration

@@ -1,0 +1,61 @@
+"""The planner's multi-process calibration (integration/planner/calibrate.py calibrate_world) on a
+real 2-process gloo world: GEMM rates alone and with both processes at once, and the all-reduce's
+α and β as a step is charged them (each all-reduce right after compute, every process busy), in
+the form CpuCalibration reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from integration.planner.calibrate import Collective, CpuCalibration, ModelPass
+from tests.distributed.launch import ROOT, command
+
+PROBE = ROOT / "tests" / "distributed" / "scripts" / "calibrate_world_probe.py"
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("calibrate_world")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*command("torchrun", 2, PROBE), str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return json.loads((out / "calibration.json").read_text())
+
+
+def test_gemm_rates_alone_and_together(calibrated):
+    rates = calibrated["with_rates"]["gemm_flops_per_process"]
+    assert set(rates) == {"1", "2"}
+    assert all(0 < rate < 1e13 for rate in rates.values())
+    assert "gemm_flops_per_process" not in calibrated["without_rates"]
+
+
+@pytest.mark.parametrize("part", ["with_rates", "without_rates"])
+def test_the_pair_all_reduce_is_measured_with_both_processes_busy(calibrated, part):
+    (pair,) = [Collective(**c) for c in calibrated[part]["collectives"]]
+    assert (pair.size, pair.processes) == (2, 2)
+    assert 0 < pair.latency_s < 0.1
+    # Finite only where the 4 MiB all-reduce took longer than the 1 KiB one's latency share.
+    assert 1e6 < pair.bandwidth < 1e12
+
+
+def test_the_result_is_what_cpu_calibration_reads(calibrated):
+    data = {
+        **calibrated["with_rates"],
+        "model": {"flops_per_s": 1e10, "overhead_s": 0.01, "points": [[1, 0.02], [2, 0.03]]},
+        "adam_bytes_per_s": 1e9,
+    }
+    calibration = CpuCalibration.from_dict(json.loads(json.dumps(data)))
+    assert calibration.model == ModelPass(1e10, 0.01, ((1, 0.02), (2, 0.03)))
+    assert calibration.collective(2, 2).processes == 2
+    assert calibration.cores(2) > 0
