@@ -13,13 +13,13 @@ import torch
 
 from integration.config.schema import ClusterConfig
 from integration.errors import ConfigError
+from integration.launcher_args import TORCH_RANK_VARIABLES
 from integration.layout import Layout
 
 # (rank, local rank, world size, processes on this node) as each launcher names them, torch's
-# first. The last is optional: with it a CPU node's cores are shared among its own processes
-# (torchrun says LOCAL_WORLD_SIZE, the deepspeed runner's launch.py LOCAL_SIZE).
+# first. The last is optional: with it a CPU node's cores are shared among its own processes.
 LAUNCHER_RANK_VARIABLES = (
-    ("RANK", "LOCAL_RANK", "WORLD_SIZE", ("LOCAL_WORLD_SIZE", "LOCAL_SIZE")),
+    TORCH_RANK_VARIABLES,
     # Open MPI's mpirun
     (
         "OMPI_COMM_WORLD_RANK",

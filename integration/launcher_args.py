@@ -1,6 +1,11 @@
-"""Arguments launchers add that are not ours to parse."""
+"""What launchers add to a script's arguments and environment that is not ours to parse."""
 
 from __future__ import annotations
+
+# torch's names for a process's rank, local rank, world size and processes on its node (the last:
+# torchrun's LOCAL_WORLD_SIZE, the deepspeed runner's launch.py LOCAL_SIZE). torchrun and the
+# runner's own per-node launcher set them for each process they start.
+TORCH_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", ("LOCAL_WORLD_SIZE", "LOCAL_SIZE"))
 
 
 def strip_launcher_args(argv: list[str]) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from integration.config.schema import ClusterConfig
 from integration.errors import ConfigError
+from integration.launcher_args import TORCH_RANK_VARIABLES
 
 # The runner's --launcher choices (deepspeed/launcher/constants.py), each with the programs its
 # backend runs or probes on the launching machine (multinode_runner.py `backend_exists`/`get_cmd`),
@@ -42,6 +43,13 @@ SCRIPT_STARTING_LAUNCHERS = ("slurm", "openmpi", "mvapich")
 # processes start from sshd's clean environment. (The runner itself exports PYTHON*, UCX*, MV2*.)
 FORWARDED_VARIABLES = ("OMP_NUM_THREADS",)
 
+# Variables of the launching shell that must not reach the runner: they name that shell's own rank
+# (it may itself run under torchrun, srun or mpirun, or keep them from an earlier job). mpirun and
+# srun pass their environment on to the ranks they start, where torch's names would win over their
+# own (integration.distributed.LaunchEnv reads torch's first), so every rank would take the same
+# stale rank. The runner's own per-node launcher sets each rank's.
+LAUNCHING_RANK_VARIABLES = (*TORCH_RANK_VARIABLES[:3], *TORCH_RANK_VARIABLES[3])
+
 # `export KEY=VALUE` runs in each node's shell (pdsh) or lands in srun's --export list: a value
 # must not carry quoting or expansion of its own.
 UNSAFE_ENV_VALUE = re.compile(r'["`$\\\n]')
@@ -62,8 +70,8 @@ class Node:
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """Everything a launch writes and runs. `argv` runs with `environ` added to the launching
-    environment."""
+    """Everything a launch writes and runs. `argv` runs in the launching environment without
+    `unset` and with `environ` added (environment)."""
 
     nodes: list[Node]
     hostfile: Path
@@ -72,9 +80,23 @@ class LaunchPlan:
     env_text: str
     argv: list[str]
     environ: dict[str, str]
+    unset: tuple[str, ...] = ()
+
+    def environment(self, launching_env: Mapping[str, str]) -> dict[str, str]:
+        kept = {k: v for k, v in launching_env.items() if k not in self.unset}
+        return kept | self.environ
 
     def describe(self) -> str:
         hosts = ", ".join(f"{n.host} ({n.slots})" for n in self.nodes)
+        unset = "env " + "".join(f"-u {k} " for k in self.unset) if self.unset else ""
+        dropped = (
+            [
+                f"not passed on from this shell: {', '.join(self.unset)} (they name this shell's own "
+                "rank; the launcher gives each rank its own)"
+            ]
+            if self.unset
+            else []
+        )
         return "\n".join(
             [
                 f"nodes ({len(self.nodes)}, processes each): {hosts}",
@@ -82,8 +104,10 @@ class LaunchPlan:
                 _indent(self.hostfile_text),
                 f"environment exported to every rank {self.env_file}:",
                 _indent(self.env_text or "(nothing)\n"),
+                *dropped,
                 "command:",
                 "  "
+                + unset
                 + " ".join(f"{k}={shlex.quote(v)}" for k, v in self.environ.items())
                 + " "
                 + shlex.join(self.argv),
@@ -290,6 +314,7 @@ def plan_launch(
         # The runner reads $DS_ENV_FILE from ~ and from its working directory; an absolute name
         # makes both lookups this file (runner.py DEEPSPEED_ENVIRONMENT_NAME).
         environ={"DS_ENV_FILE": str(env_file)},
+        unset=tuple(k for k in LAUNCHING_RANK_VARIABLES if k in launching_env),
     )
 
 

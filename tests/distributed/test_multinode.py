@@ -124,7 +124,10 @@ def test_two_hosts_over_ssh_train_like_one_host_with_four_processes(test_hosts, 
 def test_two_hosts_through_mpirun_train_like_one_host_with_four_processes(test_hosts, one_host, tmp_path):
     """cluster.launcher=openmpi: the runner runs mpirun, which starts launch/train.py itself on both
     hosts (over its own ssh), so each rank finds its rank in OMPI_COMM_WORLD_* and the rendezvous
-    address in the exports launch.py wrote."""
+    address in the exports launch.py wrote. Launched from a shell that has a rank of its own (as
+    inside torchrun, or left from an earlier job): mpirun passes its environment on to the ranks it
+    starts on its own host, where torch's RANK would win over Open MPI's, so launch.py does not
+    pass it to the runner."""
     missing = [program for program in ("mpirun", "ompi_info") if shutil.which(program) is None]
     if missing:
         pytest.fail(
@@ -149,8 +152,9 @@ def test_two_hosts_through_mpirun_train_like_one_host_with_four_processes(test_h
             f"cluster.master_port={master_port}",
             "trainer.progress=false",
         ],
-        env=as_root,
+        env={**as_root, "RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "9"},
     )
+    assert "not passed on from this shell: RANK, LOCAL_RANK, WORLD_SIZE" in two_hosts.output
     exports = (two_hosts.run_dir / "launch" / "deepspeed_env").read_text()
     assert (
         exports

@@ -234,6 +234,31 @@ def test_exported_environment(typed_config):
     assert set(pdsh.exports) == set(env)
 
 
+def test_the_launching_shells_own_rank_is_not_passed_to_the_runner(typed_config):
+    """A shell inside torchrun (or left with an earlier job's RANK) would otherwise hand every rank
+    that srun or mpirun starts the same RANK, which LaunchEnv reads before theirs."""
+    cluster = typed_config(["cluster=loopback_2node", "cluster.launcher=openmpi"]).cluster
+    shell = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    launch = plan(cluster, launching_env=shell)
+    assert launch.unset == ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE")
+    env = launch.environment({**shell, "PATH": "/bin"})
+    assert env == {"OMP_NUM_THREADS": "1", "PATH": "/bin", "DS_ENV_FILE": "/runs/r/launch/deepspeed_env"}
+    assert "RANK" not in launch.env_text
+    command = launch.describe().splitlines()[-1].strip()
+    assert command.startswith("env -u RANK -u LOCAL_RANK -u WORLD_SIZE -u LOCAL_SIZE DS_ENV_FILE=")
+    # The printed command's environment part, run by a shell in front of `env` instead of the runner.
+    before_runner = command.split(sys.executable)[0]
+    shown = subprocess.run(
+        ["bash", "-c", f"{before_runner} env"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**shell, "PATH": os.environ["PATH"]},
+    ).stdout
+    assert "RANK=" not in shown and "WORLD_SIZE=" not in shown and "OMP_NUM_THREADS=1" in shown
+    assert plan(cluster, launching_env={"OMP_NUM_THREADS": "1"}).unset == ()
+
+
 ARGUMENTS = [
     "model=gpt_tiny",
     "cluster.hosts=[a,b]",
