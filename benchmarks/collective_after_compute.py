@@ -29,7 +29,7 @@ strip_launcher_args(sys.argv)
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from integration.planner.calibrate import best_seconds, exposed_all_reduce_seconds  # noqa: E402
+from integration.planner.calibrate import best_seconds, exposed_all_reduce_seconds, own_group  # noqa: E402
 
 SIZES = {"1 KiB": 1 << 10, "256 KiB": 256 << 10, "4 MiB": 4 << 20}
 TOKENS, HIDDEN, WIDTH = 256, 256, 1024
@@ -41,8 +41,7 @@ def main() -> None:
     a, b = torch.randn(TOKENS, HIDDEN), torch.randn(HIDDEN, WIDTH)
     rows = []
     for size in sorted({2, world}):
-        groups = [dist.new_group(list(range(first, first + size))) for first in range(0, world, size)]
-        group = groups[rank // size]
+        group = own_group(size)
         for label, nbytes in SIZES.items():
             calls = 40 if nbytes < 1 << 20 else 8
             buffer = torch.ones(nbytes // 4)

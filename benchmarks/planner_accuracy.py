@@ -412,10 +412,10 @@ def calibrate_machine() -> dict:
             torchrun(processes, [__file__, "--worker", "engines", tmp])
         torchrun(2, [__file__, "--worker", "zero3", tmp])
         parts = [json.loads((Path(tmp) / f"{n}.json").read_text()) for n in ("world4", "engine", "zero3")]
-        pairs = json.loads((Path(tmp) / "world2.json").read_text())["collectives"]
+        two_process_collectives = json.loads((Path(tmp) / "world2.json").read_text())["collectives"]
         together = {n: json.loads((Path(tmp) / f"engines{n}.json").read_text()) for n in (2, 4)}
     calibration = {k: v for part in parts for k, v in part.items()}
-    calibration["collectives"] = pairs + calibration["collectives"]
+    calibration["collectives"] = two_process_collectives + calibration["collectives"]
     alone = CpuCalibration.from_dict(calibration).model.seconds(together[2]["micro_batch_size"])
     calibration["engine_slowdown"] = engine_slowdowns(
         alone, {n: part["seconds"] for n, part in together.items()}

@@ -1,4 +1,4 @@
-"""What launchers add to a script's arguments and environment that is not ours to parse."""
+"""What launchers add to a script's arguments and environment."""
 
 from __future__ import annotations
 
@@ -6,6 +6,12 @@ from __future__ import annotations
 # torchrun's LOCAL_WORLD_SIZE, the deepspeed runner's launch.py LOCAL_SIZE). torchrun and the
 # runner's own per-node launcher set them for each process they start.
 TORCH_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", ("LOCAL_WORLD_SIZE", "LOCAL_SIZE"))
+
+
+def variable_names(launcher_variables: tuple) -> tuple[str, ...]:
+    """Every name in one launcher's entry, the alternatives for the node's process count included."""
+    *names, local_sizes = launcher_variables
+    return (*names, *local_sizes)
 
 
 def strip_launcher_args(argv: list[str]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from integration.config.schema import ClusterConfig
 from integration.errors import ConfigError
-from integration.launcher_args import TORCH_RANK_VARIABLES
+from integration.launcher_args import TORCH_RANK_VARIABLES, variable_names
 
 # The runner's --launcher choices (deepspeed/launcher/constants.py), each with the programs its
 # backend runs or probes on the launching machine (multinode_runner.py `backend_exists`/`get_cmd`),
@@ -48,7 +48,7 @@ FORWARDED_VARIABLES = ("OMP_NUM_THREADS",)
 # srun pass their environment on to the ranks they start, where torch's names would win over their
 # own (integration.distributed.LaunchEnv reads torch's first), so every rank would take the same
 # stale rank. The runner's own per-node launcher sets each rank's.
-LAUNCHING_RANK_VARIABLES = (*TORCH_RANK_VARIABLES[:3], *TORCH_RANK_VARIABLES[3])
+LAUNCHING_RANK_VARIABLES = variable_names(TORCH_RANK_VARIABLES)
 
 # `export KEY=VALUE` runs in each node's shell (pdsh) or lands in srun's --export list: a value
 # must not carry quoting or expansion of its own.
@@ -70,8 +70,8 @@ class Node:
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """Everything a launch writes and runs. `argv` runs in the launching environment without
-    `unset` and with `environ` added (environment)."""
+    """Everything a launch writes and runs. `argv` runs in runner_env: the launching environment
+    without `unset`, with `environ` added."""
 
     nodes: list[Node]
     hostfile: Path
@@ -82,13 +82,14 @@ class LaunchPlan:
     environ: dict[str, str]
     unset: tuple[str, ...] = ()
 
-    def environment(self, launching_env: Mapping[str, str]) -> dict[str, str]:
+    def runner_env(self, launching_env: Mapping[str, str]) -> dict[str, str]:
+        """The environment the runner is started in."""
         kept = {k: v for k, v in launching_env.items() if k not in self.unset}
         return kept | self.environ
 
     def describe(self) -> str:
         hosts = ", ".join(f"{n.host} ({n.slots})" for n in self.nodes)
-        unset = "env " + "".join(f"-u {k} " for k in self.unset) if self.unset else ""
+        env_prefix = "env " + "".join(f"-u {k} " for k in self.unset) if self.unset else ""
         dropped = (
             [
                 f"not passed on from this shell: {', '.join(self.unset)} (they name this shell's own "
@@ -107,7 +108,7 @@ class LaunchPlan:
                 *dropped,
                 "command:",
                 "  "
-                + unset
+                + env_prefix
                 + " ".join(f"{k}={shlex.quote(v)}" for k, v in self.environ.items())
                 + " "
                 + shlex.join(self.argv),

@@ -100,7 +100,7 @@ def main(cfg: DictConfig) -> None:
         return
     _write(plan)
     sys.stderr.flush()
-    os.execve(plan.argv[0], plan.argv, plan.environment(os.environ))
+    os.execve(plan.argv[0], plan.argv, plan.runner_env(os.environ))
 
 
 if __name__ == "__main__":

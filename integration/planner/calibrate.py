@@ -247,10 +247,12 @@ def exposed_all_reduce_seconds(group, nbytes: int, compute: Callable[[], object]
     """Seconds an all-reduce of `nbytes` over `group` adds to the work before it: `compute` then the
     all-reduce, less `compute` alone (interleaved, fastest chunks).
 
-    Back to back, gloo's all-reduce of 1 KiB between 2 CPU processes took 0.89-0.95 ms here; after
-    a 0.8 ms GEMM it added 1.65-1.83 ms, and 2.3-2.6 ms with a second pair busy the same way (the
-    ranks reach it apart and wake from a blocking wait on shared cores). In a step every collective follows compute
-    (tensor parallel: per layer; data parallel: after the backward), so that is the cost to charge."""
+    At 256 KiB between 2 CPU processes, gloo's all-reduce took 0.61-0.85 ms back to back and added
+    1.25-2.61 ms after a GEMM; with a second pair busy the same way, 1.19-1.68 against 1.68-4.17 ms
+    (benchmarks/results/collective_after_compute_2026-12-01_cpu-2core.txt: the ranks reach it apart
+    and wake from a blocking wait on shared cores). In a step the tensor-parallel all-reduces each
+    follow a layer's GEMMs and the data-parallel ones follow the backward, so that is the cost to
+    charge."""
     buffer = torch.ones(nbytes // 4)
 
     def compute_then_reduce() -> None:
@@ -261,15 +263,28 @@ def exposed_all_reduce_seconds(group, nbytes: int, compute: Callable[[], object]
     return max(best["with"] - best["alone"], 1e-9)
 
 
+def own_group(size: int):
+    """This rank's group when the world is cut into groups of `size` consecutive ranks (every rank
+    creates every group, in the same order, as torch.distributed.new_group requires)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world % size:
+        raise ValueError(
+            f"groups of {size} ranks do not tile a world of {world}; launch a multiple of {size}"
+        )
+    groups = [dist.new_group(list(range(first, first + size))) for first in range(0, world, size)]
+    return groups[rank // size]
+
+
 def all_reduce_alpha_beta(
     size: int, compute: Callable[[], object], small: int = 1024, large: int = 4 << 20
 ) -> Collective:
     """α and β of all-reduces over groups of `size` consecutive ranks, every rank of the world in one
     and all measuring at once (exposed_all_reduce_seconds). Call on every rank; the world size a
-    multiple of `size`. The result is rank 0's group's."""
-    rank, world = dist.get_rank(), dist.get_world_size()
-    groups = [dist.new_group(list(range(first, first + size))) for first in range(0, world, size)]
-    group = groups[rank // size]
+    multiple of `size`. The result is rank 0's group's.
+
+    β comes from the difference of two noisy times; on a loaded machine it has come out several
+    times too high (6.1 GB/s once against 0.5-1.5 GB/s in other rounds)."""
+    group = own_group(size)
     times = {}
     for nbytes, calls in ((small, 40), (large, 8)):
         dist.barrier()
@@ -278,7 +293,7 @@ def all_reduce_alpha_beta(
     steps = 2 * (size - 1)
     alpha = times[small] / steps
     bandwidth = steps / size * large / max(times[large] - steps * alpha, 1e-9)
-    return Collective(size, alpha, bandwidth, processes=world)
+    return Collective(size, alpha, bandwidth, processes=dist.get_world_size())
 
 
 @dataclass(frozen=True)
@@ -289,7 +304,7 @@ class CpuCalibration:
     adam_bytes_per_s: float
     """torch AdamW alone over one flat buffer (for reference)."""
     collectives: tuple[Collective, ...]
-    """All-reduce α and β by group size and the processes busy at the time (collective)."""
+    """All-reduce α and β by group size and the processes busy at the time (see `collective`)."""
     zero3_tensor_s: float = 0.0
     """DeepSpeed ZeRO-3's extra seconds per micro-batch over ZeRO-1 (zero_micro_batch_seconds)
     over the model's parameter tensors, traffic included."""
@@ -336,6 +351,7 @@ class CpuCalibration:
         (gpus_per_node; cores_per_node as measured at that count). The link's α and β are those of
         the all-reduce over `link_size` ranks (the tensor and data groups of 2-4 CPU processes)."""
         link = self.collective(link_size, processes)
+        zero_link = self.collective(2, 2)  # the conditions the ZeRO stages were measured under
         sized = {"num_nodes": 1, "gpus_per_node": processes} if processes else {}
         return dataclasses.replace(
             base,
@@ -346,8 +362,8 @@ class CpuCalibration:
             intra_node_latency_us=link.latency_s * 1e6,
             host_overhead_per_layer_us=self.model.overhead_s / num_layers * 1e6,
             cores_per_node=self.cores(processes),
-            zero2_tensor_overhead_us=self.zero_overhead_s(2, link) * 1e6,
-            zero3_tensor_overhead_us=self.zero_overhead_s(3, link) * 1e6,
+            zero2_tensor_overhead_us=self.zero_overhead_s(2, zero_link) * 1e6,
+            zero3_tensor_overhead_us=self.zero_overhead_s(3, zero_link) * 1e6,
         )
 
     def collective(self, size: int, processes: int | None = None) -> Collective:
@@ -384,7 +400,7 @@ class CpuCalibration:
                 tuple(tuple(p) for p in data["model"]["points"]),
             ),
             adam_bytes_per_s=data["adam_bytes_per_s"],
-            collectives=tuple(Collective(**c) for c in data["collectives"]),
+            collectives=_collectives(data["collectives"]),
             zero3_tensor_s=data.get("zero3_tensor_s", 0.0),
             zero3_tensors=data.get("zero3_tensors", 0),
             zero3_gathered_bytes=data.get("zero3_gathered_bytes", 0.0),
@@ -394,17 +410,26 @@ class CpuCalibration:
         )
 
 
+def _collectives(data: list | dict) -> tuple[Collective, ...]:
+    """A list of Collective fields; results written before 44f2351 keyed them by group size, with
+    the processes busy unknown (0)."""
+    if isinstance(data, dict):
+        return tuple(Collective(**c) for c in data.values())
+    return tuple(Collective(**c) for c in data)
+
+
 def calibrate_world(
     micro_batch_size: int, seq_length: int, hidden: int, ffn: int, gemm_rates: bool = True
 ) -> dict | None:
     """The part that needs several processes, run on every rank of a CPU world (2 or 4
-    processes): GEMM rates with 1, 2 and all ranks at once (unless not `gemm_rates`), and
+    processes): GEMM rates with 1, 2 and all ranks at once (when `gemm_rates`), and
     all-reduce α/β over groups of 2 and of all ranks with every rank busy (all_reduce_alpha_beta,
     each all-reduce after one GEMM of the model's MLP shape). The result on rank 0, None elsewhere."""
     rank, world = dist.get_rank(), dist.get_world_size()
     tokens = micro_batch_size * seq_length
     rates = {}
-    for n in sorted({1, 2, world}) if gemm_rates else ():
+    together = sorted({1, 2, world}) if gemm_rates else []
+    for n in together:
         group = dist.new_group(list(range(n)))
         dist.barrier()
         if rank < n:

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from integration.planner.calibrate import Collective, CpuCalibration, ModelPass
+from integration.planner.calibrate import Collective, CpuCalibration
 from tests.distributed.launch import ROOT, command
 
 PROBE = ROOT / "tests" / "distributed" / "scripts" / "calibrate_world_probe.py"
@@ -49,13 +49,15 @@ def test_the_pair_all_reduce_is_measured_with_both_processes_busy(calibrated, pa
     assert 1e6 < pair.bandwidth < 1e12
 
 
-def test_the_result_is_what_cpu_calibration_reads(calibrated):
+def test_the_result_is_what_cpu_calibration_reads(calibrated, typed_config):
     data = {
         **calibrated["with_rates"],
         "model": {"flops_per_s": 1e10, "overhead_s": 0.01, "points": [[1, 0.02], [2, 0.03]]},
         "adam_bytes_per_s": 1e9,
     }
     calibration = CpuCalibration.from_dict(json.loads(json.dumps(data)))
-    assert calibration.model == ModelPass(1e10, 0.01, ((1, 0.02), (2, 0.03)))
-    assert calibration.collective(2, 2).processes == 2
-    assert calibration.cores(2) > 0
+    assert set(calibration.gemm_flops_per_process) == {1, 2}
+    assert calibration.collective(2, 2) == Collective(**calibrated["with_rates"]["collectives"][0])
+    assert calibration.cluster(typed_config([]).cluster, "fp32", 4, processes=2).intra_node_latency_us == (
+        pytest.approx(calibration.collective(2, 2).latency_s * 1e6)
+    )

@@ -155,6 +155,7 @@ def test_two_hosts_through_mpirun_train_like_one_host_with_four_processes(test_h
         env={**as_root, "RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "9"},
     )
     assert "not passed on from this shell: RANK, LOCAL_RANK, WORLD_SIZE" in two_hosts.output
+    assert "  env -u RANK -u LOCAL_RANK -u WORLD_SIZE DS_ENV_FILE=" in two_hosts.output
     exports = (two_hosts.run_dir / "launch" / "deepspeed_env").read_text()
     assert (
         exports

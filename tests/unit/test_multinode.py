@@ -241,7 +241,7 @@ def test_the_launching_shells_own_rank_is_not_passed_to_the_runner(typed_config)
     shell = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_SIZE": "2", "OMP_NUM_THREADS": "1"}
     launch = plan(cluster, launching_env=shell)
     assert launch.unset == ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE")
-    env = launch.environment({**shell, "PATH": "/bin"})
+    env = launch.runner_env({**shell, "PATH": "/bin"})
     assert env == {"OMP_NUM_THREADS": "1", "PATH": "/bin", "DS_ENV_FILE": "/runs/r/launch/deepspeed_env"}
     assert "RANK" not in launch.env_text
     command = launch.describe().splitlines()[-1].strip()
