@@ -29,9 +29,14 @@ strip_launcher_args(sys.argv)
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from integration.planner.calibrate import best_seconds, exposed_all_reduce_seconds, own_group  # noqa: E402
+from integration.planner.calibrate import (  # noqa: E402
+    ALL_REDUCE_SIZES,
+    agreed_calls,
+    best_seconds,
+    exposed_all_reduce_seconds,
+    own_group,
+)
 
-SIZES = {"1 KiB": 1 << 10, "256 KiB": 256 << 10, "4 MiB": 4 << 20}
 TOKENS, HIDDEN, WIDTH = 256, 256, 1024
 
 
@@ -42,15 +47,17 @@ def main() -> None:
     rows = []
     for size in sorted({2, world}):
         group = own_group(size)
-        for label, nbytes in SIZES.items():
-            calls = 40 if nbytes < 1 << 20 else 8
+        for nbytes in ALL_REDUCE_SIZES:
             buffer = torch.ones(nbytes // 4)
+
+            def reduce(buffer=buffer, group=group) -> None:
+                dist.all_reduce(buffer, group=group)
+
             dist.barrier()
-            alone = best_seconds(
-                lambda buffer=buffer, group=group: dist.all_reduce(buffer, group=group), calls=calls
-            )
+            alone = best_seconds(reduce, calls=agreed_calls(group, reduce))
             dist.barrier()
-            exposed = exposed_all_reduce_seconds(group, nbytes, lambda: a @ b, calls)
+            exposed = exposed_all_reduce_seconds(group, nbytes, lambda: a @ b)
+            label = f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KiB"
             rows.append((size, label, alone, exposed))
     dist.barrier()
     gemm = best_seconds(lambda: a @ b)

@@ -10,9 +10,10 @@ preset states from a datasheet, measured here with microbenchmarks that run no t
   a CPU runs it on the critical path);
 - the optimizer step of a one-process DeepSpeed engine over the model (torch AdamW tensor by
   tensor, clipping, bookkeeping): its effective memory bandwidth;
-- gloo all-reduce at a small and a large size, each right after a GEMM with every process of the
+- gloo all-reduce at 1 KiB, 256 KiB, 4 MiB and 16 MiB, each right after a GEMM with every process of the
   world busy in groups of the link's size (as tensor and data parallel ranks are in a step), less
-  the GEMM: the ring model's latency α and bandwidth β as a training step is charged them;
+  the GEMM: the ring model's latency α and bandwidth β, fitted over the four, as a training step
+  is charged them;
 - our engine's forward + backward at ZeRO-2 and ZeRO-3 against ZeRO-1 on 2 processes: DeepSpeed's
   extra work per micro-batch (gradient hooks and bucket copies; ZeRO-3's fetch and release hooks
   and gathers), less the α–β traffic the time model charges anyway, per parameter tensor.
@@ -50,11 +51,14 @@ def best_seconds(run: Callable[[], object], chunks: int = 7, calls: int | None =
     return best_seconds_interleaved({"run": run}, passes=chunks, calls=calls)["run"]
 
 
-def best_seconds_interleaved(runs: dict, passes: int = 12, calls: int | None = None) -> dict:
+def best_seconds_interleaved(
+    runs: dict, passes: int = 12, calls: int | None = None, before_chunk: Callable[[], object] | None = None
+) -> dict:
     """best_seconds for several pieces of work at once: each pass times one chunk of every piece in
     turn, so a change in the machine's speed (other jobs come and go over seconds) reaches all of
-    them alike instead of skewing whichever ran during it. Key → seconds per call of the fastest
-    chunk."""
+    them alike instead of skewing whichever ran during it. `before_chunk` runs untimed before each
+    chunk (a barrier, so that ranks start a chunk of collectives together). Key → seconds per call
+    of the fastest chunk."""
     per_chunk = {}
     for key, run in runs.items():
         start = time.perf_counter()
@@ -63,11 +67,25 @@ def best_seconds_interleaved(runs: dict, passes: int = 12, calls: int | None = N
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(passes):
         for key, run in runs.items():
+            if before_chunk is not None:
+                before_chunk()
             start = time.perf_counter()
             for _ in range(per_chunk[key]):
                 run()
             best[key] = min(best[key], (time.perf_counter() - start) / per_chunk[key])
     return best
+
+
+def agreed_calls(group, run: Callable[[], object], seconds: float = CHUNK_S) -> int:
+    """Calls of `run` that fill a chunk of at least `seconds` on every rank of `group`, the same
+    count on each (a collective inside `run` needs it): from one timed call after a warm-up, the
+    most any rank asks for."""
+    run()
+    start = time.perf_counter()
+    run()
+    count = torch.tensor([max(1, round(seconds / max(time.perf_counter() - start, 1e-6)))])
+    dist.all_reduce(count, op=dist.ReduceOp.MAX, group=group)
+    return int(count)
 
 
 def gemm_flops(tokens: int, hidden: int, width: int, dtype: torch.dtype = torch.float32) -> float:
@@ -181,12 +199,16 @@ def model_pass(
     return ModelPass(flops_per_sample / per_sample, max(0.0, overhead), tuple(points))
 
 
-def _line(points: list[tuple[int, float]]) -> tuple[float, float]:
-    """Least-squares slope and intercept of seconds over micro-batch size."""
-    n = len(points)
-    mean_b = sum(b for b, _ in points) / n
-    mean_t = sum(t for _, t in points) / n
-    slope = sum((b - mean_b) * (t - mean_t) for b, t in points) / sum((b - mean_b) ** 2 for b, _ in points)
+def _line(points: list[tuple[float, float]], weights: list[float] | None = None) -> tuple[float, float]:
+    """Least-squares slope and intercept of seconds over size (micro-batch size, bytes), each point
+    weighted by `weights` (default equal)."""
+    weighted = list(zip(weights or [1.0] * len(points), points, strict=True))
+    total = sum(w for w, _ in weighted)
+    mean_b = sum(w * b for w, (b, _) in weighted) / total
+    mean_t = sum(w * t for w, (_, t) in weighted) / total
+    slope = sum(w * (b - mean_b) * (t - mean_t) for w, (b, t) in weighted) / sum(
+        w * (b - mean_b) ** 2 for w, (b, _) in weighted
+    )
     return slope, mean_t - slope * mean_b
 
 
@@ -236,16 +258,20 @@ class Collective:
     size: int
     """Ranks in the group."""
     latency_s: float
-    """α of the ring model: a small all-reduce's exposed time / 2(n-1)."""
+    """α of the ring model t = 2(n-1)α + 2(n-1)/n · B/β (ring_fit)."""
     bandwidth: float
-    """β in bytes/s: from a large all-reduce, 2(n-1)/n · B / (t - 2(n-1)α)."""
+    """β in bytes/s."""
     processes: int = 0
     """Processes of the node busy while it was measured (all in groups of `size`); 0: unknown."""
 
 
-def exposed_all_reduce_seconds(group, nbytes: int, compute: Callable[[], object], calls: int) -> float:
+def exposed_all_reduce_seconds(
+    group, nbytes: int, compute: Callable[[], object], calls: int | None = None
+) -> float:
     """Seconds an all-reduce of `nbytes` over `group` adds to the work before it: `compute` then the
-    all-reduce, less `compute` alone (interleaved, fastest chunks).
+    all-reduce, less `compute` alone (interleaved, fastest chunks, each chunk begun by a barrier of
+    the group so that no rank's first all-reduce absorbs the others' drift over the chunk before;
+    `calls` per chunk: agreed_calls unless given).
 
     At 256 KiB between 2 CPU processes, gloo's all-reduce took 0.61-0.85 ms back to back and added
     1.25-2.61 ms after a GEMM; with a second pair busy the same way, 1.19-1.68 against 1.68-4.17 ms
@@ -259,7 +285,12 @@ def exposed_all_reduce_seconds(group, nbytes: int, compute: Callable[[], object]
         compute()
         dist.all_reduce(buffer, group=group)
 
-    best = best_seconds_interleaved({"alone": compute, "with": compute_then_reduce}, passes=7, calls=calls)
+    best = best_seconds_interleaved(
+        {"alone": compute, "with": compute_then_reduce},
+        passes=7,
+        calls=calls or agreed_calls(group, compute_then_reduce),
+        before_chunk=lambda: dist.barrier(group=group),
+    )
     return max(best["with"] - best["alone"], 1e-9)
 
 
@@ -275,25 +306,45 @@ def own_group(size: int):
     return groups[rank // size]
 
 
+ALL_REDUCE_SIZES = (1 << 10, 256 << 10, 4 << 20, 16 << 20)
+"""Bytes the all-reduce is timed at: latency-bound, one tensor-parallel all-reduce of the step-time
+benchmark's model (256 tokens × hidden 256 × 4 bytes), and two bandwidth-bound sizes (a gradient
+all-reduce is megabytes), two so that no one noisy time sets β."""
+
+
 def all_reduce_alpha_beta(
-    size: int, compute: Callable[[], object], small: int = 1024, large: int = 4 << 20
+    size: int, compute: Callable[[], object], sizes: tuple[int, ...] = ALL_REDUCE_SIZES
 ) -> Collective:
     """α and β of all-reduces over groups of `size` consecutive ranks, every rank of the world in one
-    and all measuring at once (exposed_all_reduce_seconds). Call on every rank; the world size a
-    multiple of `size`. The result is rank 0's group's.
-
-    β comes from the difference of two noisy times; on a loaded machine it has come out several
-    times too high (6.1 GB/s once against 0.5-1.5 GB/s in other rounds)."""
+    and all measuring at once (exposed_all_reduce_seconds at each of `sizes`), fitted by ring_fit.
+    Call on every rank; the world size a multiple of `size`. The result is rank 0's group's."""
     group = own_group(size)
-    times = {}
-    for nbytes, calls in ((small, 40), (large, 8)):
+    seconds = []
+    for nbytes in sizes:
         dist.barrier()
-        times[nbytes] = exposed_all_reduce_seconds(group, nbytes, compute, calls)
+        seconds.append((nbytes, exposed_all_reduce_seconds(group, nbytes, compute)))
     dist.barrier()
-    steps = 2 * (size - 1)
-    alpha = times[small] / steps
-    bandwidth = steps / size * large / max(times[large] - steps * alpha, 1e-9)
+    alpha, bandwidth = ring_fit(size, seconds)
     return Collective(size, alpha, bandwidth, processes=dist.get_world_size())
+
+
+def ring_fit(size: int, seconds: list[tuple[int, float]]) -> tuple[float, float]:
+    """α and β (bytes/s) of the ring model t = 2(n-1)α + 2(n-1)/n · B/β fitted to (bytes, seconds)
+    of all-reduces over `size` ranks: least squares weighted by 1/t², i.e. on relative error, so
+    every size counts alike and no one noisy time decides β. From two sizes alone (the small one's
+    time taken as latency, the large one's excess as bandwidth) β once came out at 6.1 GB/s against
+    0.5-1.5 GB/s in the other rounds (planner_accuracy_2026-12-01_cpu-2core_exposed-collectives_zero0).
+    Kept physical on a machine noisy enough to tilt the line: α ≥ 0, and where the line does not
+    rise, α from the fastest time and β from the largest size's excess over it."""
+    steps = 2 * (size - 1)
+    slope, intercept = _line(seconds, weights=[1 / t**2 for _, t in seconds])
+    alpha = max(intercept, 0.0) / steps
+    if slope <= 0:
+        fastest_s = min(t for _, t in seconds)
+        largest, largest_s = max(seconds)
+        alpha = fastest_s / steps
+        slope = max((largest_s - fastest_s) / largest, 1e-15)
+    return alpha, steps / size / slope
 
 
 @dataclass(frozen=True)

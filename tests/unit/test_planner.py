@@ -519,6 +519,32 @@ def test_calibration_turns_measurements_into_cluster_facts(typed_config):
     assert CpuCalibration.from_dict(json_roundtrip(measured.as_dict())) == measured
 
 
+def test_ring_fit_recovers_alpha_and_beta_and_one_noisy_size_cannot_run_away():
+    from integration.planner.calibrate import ALL_REDUCE_SIZES, ring_fit
+
+    def ring(size, alpha, beta, nbytes):
+        return 2 * (size - 1) * alpha + 2 * (size - 1) / size * nbytes / beta
+
+    for size in (2, 4):
+        exact = [(b, ring(size, 300e-6, 1e9, b)) for b in ALL_REDUCE_SIZES]
+        assert ring_fit(size, exact) == (pytest.approx(300e-6), pytest.approx(1e9))
+
+    # Round 1 of the _zero0 results: the 1 KiB time high and a bandwidth-bound one low, and the
+    # two-size estimate (1 KiB as latency, 4 MiB's excess as bandwidth) gave β 6× the others'.
+    # Fitted over every size on relative error it stays within 2× of the truth.
+    noise = {1 << 10: 2.0, 4 << 20: 0.6}
+    noisy = [(b, ring(2, 1e-3, 1e9, b) * noise.get(b, 1.0)) for b in ALL_REDUCE_SIZES]
+    (_, small_s), (large, large_s) = noisy[0], noisy[2]
+    assert large_s - small_s < 0.4 * large / 1e9  # the two-size β: over 2.5× the truth
+    alpha, beta = ring_fit(2, noisy)
+    assert 0.5e9 < beta < 2e9 and 0.5e-3 < alpha < 2e-3
+
+    # A line that falls (noise larger than the bandwidth term): α from the fastest time, β from the
+    # largest size's excess over it.
+    falling = [(1 << 10, 9e-3), (256 << 10, 6e-3), (4 << 20, 7e-3)]
+    assert ring_fit(2, falling) == (pytest.approx(3e-3), pytest.approx((4 << 20) / 1e-3))
+
+
 def test_engine_slowdowns_are_against_the_one_process_world():
     """n processes computing at once over the same micro-batch in a world of one; never below 1
     (a lucky pass cannot make the node faster than one process alone)."""
