@@ -238,18 +238,20 @@ def adam_bytes_per_s(numel: int) -> float:
 
 
 def zero_micro_batch_seconds(
-    micro_batch: dict[int, Callable[[], None]], calls: int = 3, passes: int = 6
+    micro_batch: dict[int, Callable[[], None]], calls: int = 3, passes: int = 12
 ) -> dict[int, float]:
     """DeepSpeed ZeRO-2's and ZeRO-3's extra seconds per micro-batch over ZeRO-1, by stage:
     `micro_batch[stage]` runs one forward + backward of the model through an engine at that stage
     (inside a gradient accumulation window, where ZeRO-1 does not communicate, ZeRO-2
     reduce-scatters every gradient through its bucket, and ZeRO-3 also gathers every weight in
     forward and backward). All timed in turn, the same call count on every rank (the reductions
-    are collectives). Call on every rank of a data-parallel world.
+    are collectives), each chunk begun by a barrier: ZeRO-1's chunk does not communicate, so the
+    ranks leave it apart, and without one the next stage's first reduction would absorb the gap.
+    Call on every rank of a data-parallel world.
 
     Measured on the model itself, not on a toy: Megatron-Core's modules nest several deep and
     ZeRO-3 hooks every one of them; a stack of Linear layers showed half of the cost or less."""
-    best = best_seconds_interleaved(micro_batch, passes=passes, calls=calls)
+    best = best_seconds_interleaved(micro_batch, passes=passes, calls=calls, before_chunk=dist.barrier)
     return {stage: max(0.0, seconds - best[1]) for stage, seconds in best.items() if stage != 1}
 
 
