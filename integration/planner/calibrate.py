@@ -265,6 +265,9 @@ class Collective:
     """β in bytes/s."""
     processes: int = 0
     """Processes of the node busy while it was measured (all in groups of `size`); 0: unknown."""
+    points: tuple[tuple[int, float], ...] = ()
+    """(bytes, exposed seconds) the fit was made from, kept so that a result file shows why α or β
+    came out as it did; empty in results written before they were kept."""
 
 
 def exposed_all_reduce_seconds(
@@ -327,7 +330,7 @@ def all_reduce_alpha_beta(
         seconds.append((nbytes, exposed_all_reduce_seconds(group, nbytes, compute)))
     dist.barrier()
     alpha, bandwidth = ring_fit(size, seconds)
-    return Collective(size, alpha, bandwidth, processes=dist.get_world_size())
+    return Collective(size, alpha, bandwidth, processes=dist.get_world_size(), points=tuple(seconds))
 
 
 def ring_fit(size: int, seconds: list[tuple[int, float]]) -> tuple[float, float]:
@@ -467,8 +470,8 @@ def _collectives(data: list | dict) -> tuple[Collective, ...]:
     """A list of Collective fields; results written before 44f2351 keyed them by group size, with
     the processes busy unknown (0)."""
     if isinstance(data, dict):
-        return tuple(Collective(**c) for c in data.values())
-    return tuple(Collective(**c) for c in data)
+        data = list(data.values())
+    return tuple(Collective(**{**c, "points": tuple(map(tuple, c.get("points", ())))}) for c in data)
 
 
 def calibrate_world(

@@ -5,13 +5,14 @@ the form CpuCalibration reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 
 import pytest
 
-from integration.planner.calibrate import Collective, CpuCalibration
+from integration.planner.calibrate import ALL_REDUCE_SIZES, Collective, CpuCalibration
 from tests.distributed.launch import ROOT, command
 
 PROBE = ROOT / "tests" / "distributed" / "scripts" / "calibrate_world_probe.py"
@@ -45,7 +46,7 @@ def test_the_pair_all_reduce_is_measured_with_both_processes_busy(calibrated, pa
     (pair,) = [Collective(**c) for c in calibrated[part]["collectives"]]
     assert (pair.size, pair.processes) == (2, 2)
     assert 0 < pair.latency_s < 0.1
-    # Finite only where the 4 MiB all-reduce took longer than the 1 KiB one's latency share.
+    # Finite only where the fitted line rises with the bytes (ring_fit).
     assert 1e6 < pair.bandwidth < 1e12
 
 
@@ -57,7 +58,19 @@ def test_the_result_is_what_cpu_calibration_reads(calibrated, typed_config):
     }
     calibration = CpuCalibration.from_dict(json.loads(json.dumps(data)))
     assert set(calibration.gemm_flops_per_process) == {1, 2}
-    assert calibration.collective(2, 2) == Collective(**calibrated["with_rates"]["collectives"][0])
+    pair = calibration.collective(2, 2)
+    assert [size for size, _ in pair.points] == list(ALL_REDUCE_SIZES)
+    assert dataclasses.replace(pair, points=()) == Collective(
+        **{**calibrated["with_rates"]["collectives"][0], "points": ()}
+    )
     assert calibration.cluster(typed_config([]).cluster, "fp32", 4, processes=2).intra_node_latency_us == (
         pytest.approx(calibration.collective(2, 2).latency_s * 1e6)
     )
+
+
+def test_zero_stage_overheads_are_each_stage_over_the_first(calibrated):
+    # Stand-in stages: stage 2 adds one 1 MiB all-reduce to stage 1's GEMM, stage 3 four. Every rank
+    # ran the same chunks (a count that differed by rank would have hung the probe).
+    zero = {int(stage): seconds for stage, seconds in calibrated["zero"].items()}
+    assert set(zero) == {2, 3}
+    assert 0 < zero[2] < zero[3] < 1.0

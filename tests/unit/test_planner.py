@@ -473,7 +473,7 @@ def test_calibration_turns_measurements_into_cluster_facts(typed_config):
         model=ModelPass(48e9, 0.012, ((1, 0.1), (8, 0.5))),
         adam_bytes_per_s=5e9,
         collectives=(
-            Collective(2, 500e-6, 1.2e9, processes=2),
+            Collective(2, 500e-6, 1.2e9, processes=2, points=((1 << 10, 1.0e-3), (4 << 20, 4.5e-3))),
             Collective(2, 900e-6, 0.7e9, processes=4),
             Collective(4, 800e-6, 1.0e9, processes=4),
         ),

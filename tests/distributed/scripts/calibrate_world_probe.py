@@ -1,6 +1,7 @@
 """Run by torchrun with 2 processes: the planner's multi-process calibration
-(integration.planner.calibrate.calibrate_world) at a small shape, with and without the GEMM rates.
-Rank 0 writes what it returned.
+(integration.planner.calibrate.calibrate_world) at a small shape, with and without the GEMM rates,
+and zero_micro_batch_seconds over three stand-in "stages": a GEMM, the GEMM then one 1 MiB
+all-reduce, the GEMM then four. Rank 0 writes what they returned.
 
     torchrun --nproc_per_node 2 calibrate_world_probe.py OUT_DIR
 """
@@ -16,9 +17,10 @@ from integration.launcher_args import strip_launcher_args  # noqa: E402
 
 strip_launcher_args(sys.argv)
 
+import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from integration.planner.calibrate import calibrate_world  # noqa: E402
+from integration.planner.calibrate import calibrate_world, zero_micro_batch_seconds  # noqa: E402
 
 out = Path(sys.argv[1])
 dist.init_process_group("gloo")
@@ -26,8 +28,24 @@ results = {
     "with_rates": calibrate_world(2, 32, 64, 256),
     "without_rates": calibrate_world(2, 32, 64, 256, gemm_rates=False),
 }
+a, b = torch.randn(128, 128), torch.randn(128, 512)
+gradients = torch.ones(1 << 18)
+
+
+def compute_then_reduce(reductions: int) -> None:
+    a @ b
+    for _ in range(reductions):
+        dist.all_reduce(gradients)
+
+
+stages = {
+    1: lambda: compute_then_reduce(0),
+    2: lambda: compute_then_reduce(1),
+    3: lambda: compute_then_reduce(4),
+}
+zero = zero_micro_batch_seconds(stages, passes=4)
 if dist.get_rank() == 0:
-    (out / "calibration.json").write_text(json.dumps(results))
+    (out / "calibration.json").write_text(json.dumps({**results, "zero": zero}))
 else:
     assert results == {"with_rates": None, "without_rates": None}
 dist.destroy_process_group()
