@@ -52,18 +52,22 @@ def best_seconds(run: Callable[[], object], chunks: int = 7, calls: int | None =
 
 
 def best_seconds_interleaved(
-    runs: dict, passes: int = 12, calls: int | None = None, before_chunk: Callable[[], object] | None = None
+    runs: dict,
+    passes: int = 12,
+    calls: int | dict | None = None,
+    before_chunk: Callable[[], object] | None = None,
 ) -> dict:
     """best_seconds for several pieces of work at once: each pass times one chunk of every piece in
     turn, so a change in the machine's speed (other jobs come and go over seconds) reaches all of
-    them alike instead of skewing whichever ran during it. `before_chunk` runs untimed before each
-    chunk (a barrier, so that ranks start a chunk of collectives together). Key → seconds per call
-    of the fastest chunk."""
+    them alike instead of skewing whichever ran during it. `calls` per chunk: one count for all,
+    or by key. `before_chunk` runs untimed before each chunk (a barrier, so that ranks start a chunk
+    of collectives together). Key → seconds per call of the fastest chunk."""
     per_chunk = {}
     for key, run in runs.items():
         start = time.perf_counter()
         run()  # warm-up, and the size of a chunk
-        per_chunk[key] = calls or max(1, round(CHUNK_S / max(time.perf_counter() - start, 1e-6)))
+        given = calls.get(key) if isinstance(calls, dict) else calls
+        per_chunk[key] = given or max(1, round(CHUNK_S / max(time.perf_counter() - start, 1e-6)))
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(passes):
         for key, run in runs.items():
@@ -276,11 +280,12 @@ def exposed_all_reduce_seconds(
     """Seconds an all-reduce of `nbytes` over `group` adds to the work before it: `compute` then the
     all-reduce, less `compute` alone (interleaved, fastest chunks, each chunk begun by a barrier of
     the group so that no rank's first all-reduce absorbs the others' drift over the chunk before;
-    `calls` per chunk: agreed_calls unless given).
+    `calls` per chunk: each side's agreed_calls unless given).
 
     At 256 KiB between 2 CPU processes, gloo's all-reduce took 0.61-0.85 ms back to back and added
     1.25-2.61 ms after a GEMM; with a second pair busy the same way, 1.19-1.68 against 1.68-4.17 ms
-    (benchmarks/results/collective_after_compute_2026-12-01_cpu-2core.txt: the ranks reach it apart
+    (measured before the barriers and agreed counts,
+    benchmarks/results/collective_after_compute_2026-12-01_cpu-2core.txt: the ranks reach it apart
     and wake from a blocking wait on shared cores). In a step the tensor-parallel all-reduces each
     follow a layer's GEMMs and the data-parallel ones follow the backward, so that is the cost to
     charge."""
@@ -290,10 +295,12 @@ def exposed_all_reduce_seconds(
         compute()
         dist.all_reduce(buffer, group=group)
 
+    if calls is None:
+        calls = {"alone": agreed_calls(group, compute), "with": agreed_calls(group, compute_then_reduce)}
     best = best_seconds_interleaved(
         {"alone": compute, "with": compute_then_reduce},
         passes=7,
-        calls=calls or agreed_calls(group, compute_then_reduce),
+        calls=calls,
         before_chunk=lambda: dist.barrier(group=group),
     )
     return max(best["with"] - best["alone"], 1e-9)
@@ -336,19 +343,35 @@ def all_reduce_alpha_beta(
 def ring_fit(size: int, seconds: list[tuple[int, float]]) -> tuple[float, float]:
     """α and β (bytes/s) of the ring model t = 2(n-1)α + 2(n-1)/n · B/β fitted to (bytes, seconds)
     of all-reduces over `size` ranks: least squares weighted by 1/t², i.e. on relative error, so
-    every size counts alike and no one noisy time decides β. From two sizes alone (the small one's
-    time taken as latency, the large one's excess as bandwidth) β once came out at 6.1 GB/s against
-    0.5-1.5 GB/s in the other rounds (planner_accuracy_2026-12-01_cpu-2core_exposed-collectives_zero0).
-    Kept physical on a machine noisy enough to tilt the line: α ≥ 0, and where the line does not
-    rise, α from the fastest time and β from the largest size's excess over it."""
+    that the latency-bound sizes set α and the bandwidth-bound ones β. From two sizes alone (the
+    small one's time taken as latency, the large one's excess as bandwidth) β once came out at
+    6.1 GB/s against 0.5-1.5 GB/s in the other rounds: that round's 4 MiB time was 5.05 ms against
+    7.98-11.78 ms in the others (planner_accuracy_2026-12-01_cpu-2core_exposed-collectives_zero0).
+
+    Kept physical where noise tilts the line:
+    - a time of 1 µs or less is no measurement (the GEMM alone ran slower than the GEMM and the
+      all-reduce) and is left out;
+    - α lies between 0 (a negative intercept: the line refitted through the origin) and the
+      fastest time's share;
+    - at the largest size the bandwidth term is at least half the time measured there (those sizes
+      are chosen bandwidth-bound, so a flatter line is noise): β at most twice what that time
+      alone implies."""
     steps = 2 * (size - 1)
-    slope, intercept = _line(seconds, weights=[1 / t**2 for _, t in seconds])
-    alpha = max(intercept, 0.0) / steps
-    if slope <= 0:
-        fastest_s = min(t for _, t in seconds)
-        largest, largest_s = max(seconds)
-        alpha = fastest_s / steps
-        slope = max((largest_s - fastest_s) / largest, 1e-15)
+    measured = [(nbytes, t) for nbytes, t in seconds if t > 1e-6]
+    if len(measured) < 2:
+        raise ValueError(
+            f"all-reduce over {size} ranks: fewer than two sizes took over 1 µs after compute ({seconds}); "
+            "the machine was too busy to measure it, calibrate again"
+        )
+    weights = [1 / t**2 for _, t in measured]
+    slope, intercept = _line(measured, weights)
+    if intercept < 0:
+        weighted = list(zip(weights, measured, strict=True))
+        slope = sum(w * b * t for w, (b, t) in weighted) / sum(w * b * b for w, (b, _) in weighted)
+        intercept = 0.0
+    largest, largest_s = max(measured)
+    slope = max(slope, largest_s / (2 * largest))
+    alpha = min(intercept, min(t for _, t in measured)) / steps
     return alpha, steps / size / slope
 
 

@@ -43,7 +43,7 @@ stages = {
     2: lambda: compute_then_reduce(1),
     3: lambda: compute_then_reduce(4),
 }
-zero = zero_micro_batch_seconds(stages, passes=4)
+zero = zero_micro_batch_seconds(stages, passes=6)
 if dist.get_rank() == 0:
     (out / "calibration.json").write_text(json.dumps({**results, "zero": zero}))
 else:
