@@ -274,13 +274,11 @@ class Collective:
     came out as it did; empty in results written before they were kept."""
 
 
-def exposed_all_reduce_seconds(
-    group, nbytes: int, compute: Callable[[], object], calls: int | None = None
-) -> float:
+def exposed_all_reduce_seconds(group, nbytes: int, compute: Callable[[], object]) -> float:
     """Seconds an all-reduce of `nbytes` over `group` adds to the work before it: `compute` then the
     all-reduce, less `compute` alone (interleaved, fastest chunks, each chunk begun by a barrier of
     the group so that no rank's first all-reduce absorbs the others' drift over the chunk before;
-    `calls` per chunk: each side's agreed_calls unless given).
+    each side's calls per chunk from agreed_calls).
 
     At 256 KiB between 2 CPU processes, gloo's all-reduce took 0.61-0.85 ms back to back and added
     1.25-2.61 ms after a GEMM; with a second pair busy the same way, 1.19-1.68 against 1.68-4.17 ms
@@ -295,12 +293,10 @@ def exposed_all_reduce_seconds(
         compute()
         dist.all_reduce(buffer, group=group)
 
-    if calls is None:
-        calls = {"alone": agreed_calls(group, compute), "with": agreed_calls(group, compute_then_reduce)}
     best = best_seconds_interleaved(
         {"alone": compute, "with": compute_then_reduce},
         passes=7,
-        calls=calls,
+        calls={"alone": agreed_calls(group, compute), "with": agreed_calls(group, compute_then_reduce)},
         before_chunk=lambda: dist.barrier(group=group),
     )
     return max(best["with"] - best["alone"], 1e-9)
