@@ -258,7 +258,7 @@ def engine_micro_batch(world: int, accumulating: bool = True, zero_stage: int = 
 
     batch = 10**6 * world if accumulating else world
     # ZeRO 0: no stage reduces gradients inside the accumulation window, so ranks timed apart never wait
-    # on each other (concurrent_micro_batch_seconds).
+    # on each other (engine_slowdown_passes).
     config = compose(
         [
             *MODEL,
@@ -313,14 +313,14 @@ def worker_engine(out: Path) -> None:
 
 
 def worker_engines(out: Path) -> None:
-    """Under torchrun, n processes (2 or 4), each with its own engine over the model, all computing
-    at once: seconds per forward + backward at the layouts' micro-batch size
-    (calibrate.concurrent_micro_batch_seconds), to set against the one-process world's."""
+    """Under torchrun, n processes (2 or 4), each with its own engine over the model: forward +
+    backward at the layouts' micro-batch size with every rank computing at once, interleaved with
+    rank 0 computing alone (calibrate.engine_slowdown_passes)."""
     import torch.distributed as dist
 
     from integration.distributed import LaunchEnv, init_model_parallel, init_process_group
     from integration.layout import Layout
-    from integration.planner.calibrate import concurrent_micro_batch_seconds
+    from integration.planner.calibrate import engine_slowdown_passes
 
     base = compose([*MODEL, *RUN])
     env = LaunchEnv.from_environ()
@@ -328,10 +328,10 @@ def worker_engines(out: Path) -> None:
     init_model_parallel(Layout.derive(base.parallel, env.world_size))
     _, micro_batch, _, _ = engine_micro_batch(env.world_size)
     b = base.parallel.micro_batch_size
-    seconds = concurrent_micro_batch_seconds(lambda: micro_batch(b))
+    passes = engine_slowdown_passes(lambda: micro_batch(b))
     if dist.get_rank() == 0:
         (out / f"engines{env.world_size}.json").write_text(
-            json.dumps({"micro_batch_size": b, "seconds": seconds})
+            json.dumps({"micro_batch_size": b, "passes": passes})
         )
 
 
@@ -402,7 +402,7 @@ def run_activations() -> dict:
 
 
 def calibrate_machine() -> dict:
-    from integration.planner.calibrate import CpuCalibration, engine_slowdowns
+    from integration.planner.calibrate import engine_slowdowns
 
     with tempfile.TemporaryDirectory() as tmp:
         for processes in (2, 4):
@@ -416,10 +416,8 @@ def calibrate_machine() -> dict:
         together = {n: json.loads((Path(tmp) / f"engines{n}.json").read_text()) for n in (2, 4)}
     calibration = {k: v for part in parts for k, v in part.items()}
     calibration["collectives"] = two_process_collectives + calibration["collectives"]
-    alone = CpuCalibration.from_dict(calibration).model.seconds(together[2]["micro_batch_size"])
-    calibration["engine_slowdown"] = engine_slowdowns(
-        alone, {n: part["seconds"] for n, part in together.items()}
-    )
+    calibration["engine_slowdown"] = engine_slowdowns({n: part["passes"] for n, part in together.items()})
+    calibration["engine_slowdown_passes"] = {n: part["passes"] for n, part in together.items()}
     return calibration
 
 

@@ -8,6 +8,8 @@ preset states from a datasheet, measured here with microbenchmarks that run no t
   (compute efficiency = that / the GEMM peak), the intercept the host time per micro-batch that
   does not shrink with the batch (Python dispatch of every op: a GPU hides it behind its kernels,
   a CPU runs it on the critical path);
+- the same forward + backward with every process of a 2- and a 4-process world computing at once,
+  over rank 0 computing alone in that world, interleaved: how much n processes slow each other;
 - the optimizer step of a one-process DeepSpeed engine over the model (torch AdamW tensor by
   tensor, clipping, bookkeeping): its effective memory bandwidth;
 - gloo all-reduce at 1 KiB, 256 KiB, 4 MiB and 16 MiB, each right after a GEMM with every process of the
@@ -131,44 +133,67 @@ def concurrent_gemm_flops(group, tokens: int, hidden: int, width: int) -> float:
     return 2 * tokens * hidden * width / concurrent_seconds(group, lambda: a @ b)
 
 
-def concurrent_micro_batch_seconds(
-    micro_batch: Callable[[], None], seconds: float = 0.4, passes: int = 6
-) -> float:
-    """Seconds per forward + backward of the model while every rank of the world runs its own at
-    once (each with its own engine, inside a gradient-accumulation window, so no rank
-    communicates): the same call count on every rank, timed until the last rank is done (as
-    concurrent_seconds), the fastest of `passes`. Call on every rank; the result on every rank.
+def engine_slowdown_passes(
+    micro_batch: Callable[[], None], seconds: float = 0.4, passes: int = 8
+) -> list[tuple[float, float]]:
+    """How much slower the model's forward + backward runs with every process of the world
+    computing at once than with one: per pass, (the makespan of the same call count on every rank
+    started together, rank 0's time for that count while the other ranks sleep). Each rank has its
+    own engine inside a gradient-accumulation window, so no rank communicates. Call on every rank;
+    the result on every rank.
 
-    Every rank computes: here one rank timed while the others of its world waited in a collective
-    ran a median 120-128 ms per micro-batch where a one-process world ran 92-103 ms, so the n = 1
-    baseline comes from a one-process world instead (engine_slowdowns)."""
-    for _ in range(2):  # warm-up: the first calls allocate
-        micro_batch()
-    start = time.perf_counter()
-    micro_batch()
-    calls = torch.tensor([max(1, round(seconds / max(time.perf_counter() - start, 1e-6)))])
-    dist.broadcast(calls, src=0)
-    best = float("inf")
+    Both sides of a pass run within a second of each other in one world. Timed apart (the
+    one-process world's model pass, then an n-process world minutes later), the ratio of two pairs
+    of fastest times ranged 1.04-1.59 over fifteen rounds of one day while the layouts' own steps
+    did not move with it: the machine's speed drifts over minutes, and each side caught a
+    different moment. The other ranks sleep rather than wait in a collective: a rank timed while
+    the others waited in a gloo collective ran 120-128 ms per micro-batch where a one-process
+    world ran 92-103 ms."""
+    calls = agreed_calls(None, micro_batch, seconds)
+    leader = dist.get_rank() == 0
+    timed = []
     for _ in range(passes):
         dist.barrier()
         start = time.perf_counter()
-        for _ in range(int(calls)):
+        for _ in range(calls):
             micro_batch()
         makespan = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
         dist.all_reduce(makespan, op=dist.ReduceOp.MAX)
-        best = min(best, float(makespan) / int(calls))
-    return best
+        together = float(makespan)
+        # Sleep well past rank 0's chunk, which runs no slower than the makespan just measured.
+        nap = 1.5 * together
+        dist.barrier()
+        start = time.perf_counter()
+        if leader:
+            for _ in range(calls):
+                micro_batch()
+        else:
+            time.sleep(nap)
+        alone = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+        # A chunk that outlasted the others' sleep is not alone: it does not count.
+        if leader and float(alone) >= nap:
+            alone.fill_(float("inf"))
+        dist.broadcast(alone, src=0)
+        timed.append((together / calls, float(alone) / calls))
+    return timed
 
 
-def engine_slowdowns(alone_s: float, together_s: dict[int, float]) -> dict[int, float]:
+def engine_slowdowns(passes: dict[int, list[tuple[float, float]]]) -> dict[int, float]:
     """n → how much slower the model's forward + backward runs with n processes of the node at
-    once: concurrent_micro_batch_seconds in an n-process world over the same micro-batch in a
-    one-process world (`alone_s`), at least 1.
+    once (engine_slowdown_passes in an n-process world): the fastest together over the fastest
+    alone, at least 1.
 
     This, not the GEMM rate alone, is what n processes on a CPU node cost each other: the engine's
     step is also memory-bound element-wise work, Python dispatch and the helper threads of gloo and
     DeepSpeed, which share the cores and caches as well."""
-    return {1: 1.0, **{n: max(1.0, seconds / alone_s) for n, seconds in sorted(together_s.items())}}
+    slowdowns = {1: 1.0}
+    for n, timed in sorted(passes.items()):
+        together = min(t for t, _ in timed)
+        alone = min(a for _, a in timed)
+        if alone == float("inf"):
+            raise ValueError(f"engine_slowdowns: no pass of the {n}-process world timed rank 0 alone")
+        slowdowns[n] = max(1.0, together / alone)
+    return slowdowns
 
 
 @dataclass(frozen=True)

@@ -553,18 +553,22 @@ def test_ring_fit_recovers_alpha_and_beta_and_one_noisy_size_cannot_run_away():
         ring_fit(2, [(1 << 10, 1e-9), (4 << 20, 1e-9), (16 << 20, 4e-3)])
 
 
-def test_engine_slowdowns_are_against_the_one_process_world():
-    """n processes computing at once over the same micro-batch in a world of one; never below 1
-    (a lucky pass cannot make the node faster than one process alone)."""
-    from integration.planner.calibrate import ModelPass, engine_slowdowns
+def test_engine_slowdowns_are_the_fastest_together_over_the_fastest_alone():
+    """Each n from its own world's passes: the fastest pass with every rank computing over the
+    fastest with rank 0 alone, never below 1 (a lucky pass cannot make the node faster than one
+    process alone); a world whose every alone chunk was disturbed is an error, not a guess."""
+    from integration.planner.calibrate import engine_slowdowns
 
-    alone = ModelPass(60e9, 0.006, ((1, 0.054), (2, 0.094), (4, 0.179)))
-    assert alone.seconds(2) == 0.094
-    with pytest.raises(ValueError, match="micro-batch size 8 not measured"):
-        alone.seconds(8)
-    slowdowns = engine_slowdowns(alone.seconds(2), {4: 0.251, 2: 0.1316, 3: 0.09})
-    assert slowdowns == pytest.approx({1: 1.0, 2: 1.4, 3: 1.0, 4: 0.251 / 0.094})
+    passes = {
+        4: [(0.40, 0.19), (0.38, 0.17), (0.45, float("inf"))],
+        2: [(0.21, 0.20), (0.19, 0.17), (0.25, 0.18)],
+        3: [(0.16, 0.18), (0.17, 0.19)],
+    }
+    slowdowns = engine_slowdowns(passes)
+    assert slowdowns == pytest.approx({1: 1.0, 2: 0.19 / 0.17, 3: 1.0, 4: 0.38 / 0.17})
     assert list(slowdowns) == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="no pass of the 2-process world timed rank 0 alone"):
+        engine_slowdowns({2: [(0.2, float("inf"))]})
 
 
 def json_roundtrip(data: dict) -> dict:
