@@ -21,8 +21,8 @@ preset states from a datasheet, measured here with microbenchmarks that run no t
   and gathers), less the α–β traffic the time model charges anyway, per parameter tensor.
 
 Every measurement is the fastest of several chunks of work lasting ~0.1 s or more (the least
-disturbed by other jobs on a shared machine, as timeit advises); benchmarks/planner_accuracy.py
-takes the fastest training steps likewise.
+disturbed by other jobs on a shared machine, as timeit advises), the model's forward + backward
+~0.5 s, about a step; benchmarks/planner_accuracy.py takes the fastest training steps likewise.
 
 Imports torch, unlike the rest of the planner: benchmarks/planner_accuracy.py runs it; the planner
 reads only the resulting numbers (`CpuCalibration.cluster`, `.settings`).
@@ -44,6 +44,11 @@ from integration.planner.timing import OPTIMIZER_BYTES_PER_PARAM, Link, all_gath
 
 CHUNK_S = 0.1
 """Shortest timed chunk: a time slice of the OS scheduler is a few ms, a step a few 100 ms."""
+STEP_CHUNK_S = 0.5
+"""Shortest timed chunk of the model's forward + backward, about one training step of the layouts
+it predicts: the fastest of twelve single micro-batches catches quiet moments that no whole step
+gets (one round: 165 ms per micro-batch of 2, where chunks of three ran 175-196 ms at their fastest
+and every single-process step of that round ran 22-34% over its prediction)."""
 
 
 def best_seconds(run: Callable[[], object], chunks: int = 7, calls: int | None = None) -> float:
@@ -58,18 +63,20 @@ def best_seconds_interleaved(
     passes: int = 12,
     calls: int | dict | None = None,
     before_chunk: Callable[[], object] | None = None,
+    chunk_s: float = CHUNK_S,
 ) -> dict:
     """best_seconds for several pieces of work at once: each pass times one chunk of every piece in
     turn, so a change in the machine's speed (other jobs come and go over seconds) reaches all of
     them alike instead of skewing whichever ran during it. `calls` per chunk: one count for all,
-    or by key. `before_chunk` runs untimed before each chunk (a barrier, so that ranks start a chunk
-    of collectives together). Key → seconds per call of the fastest chunk."""
+    or by key, else enough to last `chunk_s`. `before_chunk` runs untimed before each chunk (a
+    barrier, so that ranks start a chunk of collectives together). Key → seconds per call of the
+    fastest chunk."""
     per_chunk = {}
     for key, run in runs.items():
         start = time.perf_counter()
         run()  # warm-up, and the size of a chunk
         given = calls.get(key) if isinstance(calls, dict) else calls
-        per_chunk[key] = given or max(1, round(CHUNK_S / max(time.perf_counter() - start, 1e-6)))
+        per_chunk[key] = given or max(1, round(chunk_s / max(time.perf_counter() - start, 1e-6)))
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(passes):
         for key, run in runs.items():
@@ -134,7 +141,7 @@ def concurrent_gemm_flops(group, tokens: int, hidden: int, width: int) -> float:
 
 
 def engine_slowdown_passes(
-    micro_batch: Callable[[], None], seconds: float = 0.4, passes: int = 8
+    micro_batch: Callable[[], None], seconds: float = STEP_CHUNK_S, passes: int = 8
 ) -> list[tuple[float, float]]:
     """How much slower the model's forward + backward runs with every process of the world
     computing at once than with one: per pass, (the makespan of the same call count on every rank
@@ -221,8 +228,9 @@ def model_pass(
     micro_batch: Callable[[int], None], flops_per_sample: float, sizes: tuple[int, ...] = (1, 2, 4, 8)
 ) -> ModelPass:
     """`micro_batch(b)` runs one forward and backward of b samples through the model (our DeepSpeed
-    engine on one process, inside a gradient-accumulation window: no optimizer step)."""
-    best = best_seconds_interleaved({b: lambda b=b: micro_batch(b) for b in sizes})
+    engine on one process, inside a gradient-accumulation window: no optimizer step), in chunks of
+    about a training step (STEP_CHUNK_S)."""
+    best = best_seconds_interleaved({b: lambda b=b: micro_batch(b) for b in sizes}, chunk_s=STEP_CHUNK_S)
     points = sorted(best.items())
     per_sample, overhead = _line(points)
     return ModelPass(flops_per_sample / per_sample, max(0.0, overhead), tuple(points))
