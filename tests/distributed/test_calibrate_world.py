@@ -1,7 +1,8 @@
 """The planner's multi-process calibration (integration/planner/calibrate.py calibrate_world) on a
 real 2-process gloo world: GEMM rates alone and with both processes at once, and the all-reduce's
 α and β as a step is charged them (each all-reduce right after compute, every process busy), in
-the form CpuCalibration reads."""
+the form CpuCalibration reads; ZeRO stages' cost over the first; the engine slowdown's two sides
+timed in one world."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import subprocess
 
 import pytest
 
-from integration.planner.calibrate import ALL_REDUCE_SIZES, Collective, CpuCalibration
+from integration.planner.calibrate import ALL_REDUCE_SIZES, Collective, CpuCalibration, engine_slowdowns
 from tests.distributed.launch import ROOT, command
 
 PROBE = ROOT / "tests" / "distributed" / "scripts" / "calibrate_world_probe.py"
@@ -31,7 +32,8 @@ def calibrated(tmp_path_factory) -> dict:
         timeout=300,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    return json.loads((out / "calibration.json").read_text())
+    slowdown = [json.loads((out / f"slowdown_rank{rank}.json").read_text()) for rank in (0, 1)]
+    return {**json.loads((out / "calibration.json").read_text()), "slowdown": slowdown}
 
 
 def test_gemm_rates_alone_and_together(calibrated):
@@ -74,3 +76,14 @@ def test_zero_stage_overheads_are_each_stage_over_the_first(calibrated):
     zero = {int(stage): seconds for stage, seconds in calibrated["zero"].items()}
     assert set(zero) == {2, 3}
     assert 0 < zero[2] < zero[3] < 1.0
+
+
+def test_engine_slowdown_times_together_and_alone_in_one_world(calibrated):
+    # The stand-in micro-batch runs under a file lock, so two processes at once take twice as long
+    # as one: the slowdown is 2 only if the alone side really ran alone (the other rank asleep)
+    # and the together side waited for the last rank.
+    on_rank0, on_rank1 = calibrated["slowdown"]
+    assert on_rank0 == on_rank1
+    assert len(on_rank0) == 4
+    assert all(0 < alone < together and alone < float("inf") for together, alone in on_rank0)
+    assert 1.6 < engine_slowdowns({2: on_rank0})[2] < 2.5

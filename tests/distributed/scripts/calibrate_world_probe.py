@@ -1,13 +1,17 @@
 """Run by torchrun with 2 processes: the planner's multi-process calibration
 (integration.planner.calibrate.calibrate_world) at a small shape, with and without the GEMM rates,
-and zero_micro_batch_seconds over three stand-in "stages": a GEMM, the GEMM then one 1 MiB
-all-reduce, the GEMM then four. Rank 0 writes what they returned.
+zero_micro_batch_seconds over three stand-in "stages": a GEMM, the GEMM then one 1 MiB
+all-reduce, the GEMM then four, and engine_slowdown_passes over a stand-in micro-batch that only one
+process at a time can run (5 ms of work under a file lock: two at once take twice as long, on any
+number of cores). Rank 0 writes what they returned; every rank its slowdown passes.
 
     torchrun --nproc_per_node 2 calibrate_world_probe.py OUT_DIR
 """
 
+import fcntl
 import json
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -20,7 +24,11 @@ strip_launcher_args(sys.argv)
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from integration.planner.calibrate import calibrate_world, zero_micro_batch_seconds  # noqa: E402
+from integration.planner.calibrate import (  # noqa: E402
+    calibrate_world,
+    engine_slowdown_passes,
+    zero_micro_batch_seconds,
+)
 
 out = Path(sys.argv[1])
 dist.init_process_group("gloo")
@@ -44,6 +52,20 @@ stages = {
     3: lambda: compute_then_reduce(4),
 }
 zero = zero_micro_batch_seconds(stages, passes=6)
+
+one_core = (out / "one_core.lock").open("a")
+
+
+def exclusive_micro_batch() -> None:
+    fcntl.flock(one_core, fcntl.LOCK_EX)
+    done = time.perf_counter() + 0.005
+    while time.perf_counter() < done:
+        pass
+    fcntl.flock(one_core, fcntl.LOCK_UN)
+
+
+slowdown = engine_slowdown_passes(exclusive_micro_batch, seconds=0.1, passes=4)
+(out / f"slowdown_rank{dist.get_rank()}.json").write_text(json.dumps(slowdown))
 if dist.get_rank() == 0:
     (out / "calibration.json").write_text(json.dumps({**results, "zero": zero}))
 else:
