@@ -45,10 +45,11 @@ from integration.planner.timing import OPTIMIZER_BYTES_PER_PARAM, Link, all_gath
 CHUNK_S = 0.1
 """Shortest timed chunk: a time slice of the OS scheduler is a few ms, a step a few 100 ms."""
 STEP_CHUNK_S = 0.5
-"""Shortest timed chunk of the model's forward + backward, about one training step of the layouts
-it predicts: the fastest of twelve single micro-batches catches quiet moments that no whole step
-gets (one round: 165 ms per micro-batch of 2, where chunks of three ran 175-196 ms at their fastest
-and every single-process step of that round ran 22-34% over its prediction)."""
+"""About the shortest timed chunk of the model's forward + backward (calls are rounded), about
+one training step of the layouts it predicts: the fastest of twelve single micro-batches catches
+quiet moments that no whole step gets (one round: 165 ms per micro-batch of 2 in the model pass,
+where the slowdown's passes timed rank 0 alone at 175-196 ms at their fastest, and every
+single-process step of that round ran 22-34% over its prediction)."""
 
 
 def best_seconds(run: Callable[[], object], chunks: int = 7, calls: int | None = None) -> float:
@@ -155,28 +156,36 @@ def engine_slowdown_passes(
     did not move with it: the machine's speed drifts over minutes, and each side caught a
     different moment. The other ranks sleep rather than wait in a collective: a rank timed while
     the others waited in a gloo collective ran 120-128 ms per micro-batch where a one-process
-    world ran 92-103 ms."""
-    calls = agreed_calls(None, micro_batch, seconds)
+    world ran 92-103 ms.
+
+    The together side spans the first rank's start to the last rank's end on the node's one
+    monotonic clock. Taken as the longest of each rank's own duration after a barrier, one pass
+    came out at 0.277 s per micro-batch where the other 23 of its run took 0.42-0.51 s (4
+    processes on 2 cores running at 2.9 cores' worth): ranks that leave a barrier apart can run
+    their chunks partly one after another. The call count fills `seconds` × world size together, so that
+    rank 0's chunk alone, up to that many times faster, still lasts about `seconds`."""
+    calls = agreed_calls(None, micro_batch, seconds * dist.get_world_size())
     leader = dist.get_rank() == 0
     timed = []
     for _ in range(passes):
         dist.barrier()
-        start = time.perf_counter()
+        start = time.monotonic()
         for _ in range(calls):
             micro_batch()
-        makespan = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
-        dist.all_reduce(makespan, op=dist.ReduceOp.MAX)
-        together = float(makespan)
+        # MAX of (-start, end): the earliest start and the latest end.
+        span = torch.tensor([-start, time.monotonic()], dtype=torch.float64)
+        dist.all_reduce(span, op=dist.ReduceOp.MAX)
+        together = float(span.sum())
         # Sleep well past rank 0's chunk, which runs no slower than the makespan just measured.
         nap = 1.5 * together
         dist.barrier()
-        start = time.perf_counter()
+        start = time.monotonic()
         if leader:
             for _ in range(calls):
                 micro_batch()
         else:
             time.sleep(nap)
-        alone = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+        alone = torch.tensor([time.monotonic() - start], dtype=torch.float64)
         # A chunk that outlasted the others' sleep is not alone: it does not count.
         if leader and float(alone) >= nap:
             alone.fill_(float("inf"))
@@ -213,15 +222,6 @@ class ModelPass:
     """The intercept: host time per micro-batch, whatever its size."""
     points: tuple[tuple[int, float], ...]
     """(micro-batch size, fastest seconds) measured."""
-
-    def seconds(self, micro_batch_size: int) -> float:
-        """The fastest time measured at this micro-batch size."""
-        measured = dict(self.points)
-        if micro_batch_size not in measured:
-            raise ValueError(
-                f"ModelPass: micro-batch size {micro_batch_size} not measured (sizes {sorted(measured)})"
-            )
-        return measured[micro_batch_size]
 
 
 def model_pass(
