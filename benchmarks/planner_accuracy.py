@@ -416,8 +416,9 @@ def calibrate_machine() -> dict:
         together = {n: json.loads((Path(tmp) / f"engines{n}.json").read_text()) for n in (2, 4)}
     calibration = {k: v for part in parts for k, v in part.items()}
     calibration["collectives"] = two_process_collectives + calibration["collectives"]
-    calibration["engine_slowdown"] = engine_slowdowns({n: part["passes"] for n, part in together.items()})
-    calibration["engine_slowdown_passes"] = {n: part["passes"] for n, part in together.items()}
+    passes = {n: part["passes"] for n, part in together.items()}
+    calibration["engine_slowdown"] = engine_slowdowns(passes)
+    calibration["engine_slowdown_passes"] = passes
     return calibration
 
 
