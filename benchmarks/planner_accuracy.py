@@ -2,6 +2,7 @@
 measurements of the real thing, in one run.
 
     OMP_NUM_THREADS=1 python benchmarks/planner_accuracy.py [--rounds 3] [--steps 16] [--out result.json]
+    python benchmarks/planner_accuracy.py --replay result.json   # (B) again, new predictions only
 
 (A) Activation memory: for GPT and Llama shapes at TP1 and TP2 (2 processes), recompute
     none/selective/full, the planner's peak activation bytes of one micro-batch
@@ -120,6 +121,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-activations", action="store_true")
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="also write everything as JSON here")
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        default=None,
+        help="predict the step times of an earlier --out file's rounds again with the planner as it is now",
+    )
     parser.add_argument(
         "--worker",
         choices=["activations", "world", "engine", "engines", "zero3"],
@@ -488,7 +495,34 @@ def run_time(rounds: int, steps: int, names: list[str] | None) -> dict:
                     "step_times": times,
                 }
             )
-    names = [name for name, _, _ in layouts]
+    return summarize(per_round, [name for name, _, _ in layouts])
+
+
+def replay(path: Path) -> dict:
+    """The stored rounds of an earlier --out file (their calibrations and measured steps) with
+    every layout predicted again by the planner as it is now: what a change to the time model
+    would have predicted for measurements already made, without running them again."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(
+            f"--replay {path}: not a results file this script wrote with --out ({error})"
+        ) from None
+    if "time" not in stored:
+        raise SystemExit(
+            f"--replay {path}: no step-time rounds in it (run with the time part, not --skip-time)"
+        )
+    rounds = stored["time"]["rounds"]
+    layouts = {name: (processes, overrides) for name, processes, overrides in LAYOUTS}
+    names = [name for name in rounds[0]["measured"] if name in layouts]
+    per_round = [
+        {**r, "predicted": {n: predict(r["calibration"], *layouts[n]) for n in names}} for r in rounds
+    ]
+    return summarize(per_round, names)
+
+
+def summarize(per_round: list[dict], names: list[str]) -> dict:
+    """The rounds' medians, errors and goals, and the table (B)."""
     measured = {n: statistics.median(r["measured"][n] for r in per_round) for n in names}
     typical = {n: statistics.median(r["median"][n] for r in per_round) for n in names}
     predicted = {n: statistics.median(r["predicted"][n] for r in per_round) for n in names}
@@ -695,6 +729,13 @@ def main() -> None:
     }
     if args.worker in workers:
         return workers[args.worker](Path(args.worker_args[0]))
+    if args.replay:
+        replayed = replay(args.replay)
+        print(f"(B) replayed: the rounds of {args.replay}, predicted again by the planner as it is now")
+        print(replayed["text"])
+        if args.out:
+            args.out.write_text(json.dumps(replayed, indent=1, default=str) + "\n")
+        return None
     started = dt.datetime.now(dt.UTC)
     print(header(started), flush=True)
     result: dict = {"date_utc": started.isoformat(timespec="seconds"), "load_start": load_average()}

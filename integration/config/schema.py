@@ -140,7 +140,8 @@ class ClusterConfig:
     cores/processes of its speed. None: every process has its own device."""
     zero2_tensor_overhead_us: float = 0.0
     """DeepSpeed ZeRO-2 host time per parameter tensor per micro-batch (gradient hooks, bucket
-    copies, the reduce calls), beyond the α-β traffic. Hidden on a GPU (0); measured on a CPU."""
+    copies, the reduce calls), beyond the α-β traffic; ZeRO-1 pays it once per step (the same
+    reduction at the accumulation boundary). Hidden on a GPU (0); measured on a CPU."""
     zero3_tensor_overhead_us: float = 0.0
     """DeepSpeed ZeRO-3 host time per parameter tensor per micro-batch (fetch/release hooks, the
     gather and gradient reduce-scatter calls), beyond the α-β traffic. Hidden on a GPU (0);

@@ -461,6 +461,13 @@ def test_cpu_terms_host_overhead_shared_cores_and_zero3_tensors(typed_config):
         model, vocab, two, z2, 0.5, 1e9
     ).data_parallel == pytest.approx(8 * tensors * 400e-6)
     assert step_time(model, vocab, hooked, z3, 0.5, 1e9).data_parallel == base.data_parallel
+    # ZeRO-1 runs the same reduction once per step, whatever the micro-batches; ZeRO-0 not at all.
+    z1 = dataclasses.replace(z3, zero_stage=1)
+    assert step_time(model, vocab, hooked, z1, 0.5, 1e9).data_parallel - step_time(
+        model, vocab, two, z1, 0.5, 1e9
+    ).data_parallel == pytest.approx(tensors * 400e-6)
+    z0 = dataclasses.replace(z3, zero_stage=0)
+    assert step_time(model, vocab, hooked, z0, 0.5, 1e9) == step_time(model, vocab, two, z0, 0.5, 1e9)
 
 
 def test_calibration_turns_measurements_into_cluster_facts(typed_config):
