@@ -247,6 +247,20 @@ def worker_world(out: Path) -> None:
         (out / f"world{env.world_size}.json").write_text(json.dumps(result))
 
 
+def init_engine_world():
+    """Under torchrun: the benchmark model's config and this process's LaunchEnv, with the process
+    group and Megatron-Core's model-parallel groups (TP1, PP1: every rank data parallel) set up,
+    as engine_micro_batch needs them."""
+    from integration.distributed import LaunchEnv, init_model_parallel, init_process_group
+    from integration.layout import Layout
+
+    base = compose([*MODEL, *RUN])
+    env = LaunchEnv.from_environ()
+    init_process_group(base.cluster, env)
+    init_model_parallel(Layout.derive(base.parallel, env.world_size))
+    return base, env
+
+
 def engine_micro_batch(world: int, accumulating: bool = True, zero_stage: int = 0):
     """Our DeepSpeed engine over the model on one process of a `world`-process data-parallel
     group (ZeRO 0 unless told: its own copy; one micro-batch per step, or inside an endless
@@ -300,13 +314,9 @@ def engine_micro_batch(world: int, accumulating: bool = True, zero_stage: int = 
 def worker_engine(out: Path) -> None:
     """One process, our DeepSpeed engine over the model: forward + backward at micro-batch sizes
     1-8 (inside an accumulation window), and the optimizer step (calibrate.py)."""
-    from integration.distributed import LaunchEnv, init_model_parallel, init_process_group
-    from integration.layout import Layout
     from integration.planner.calibrate import adam_bytes_per_s, model_pass, optimizer_step_bytes_per_s
 
-    base = compose([*MODEL, *RUN])
-    init_process_group(base.cluster, LaunchEnv.from_environ())
-    init_model_parallel(Layout.derive(base.parallel, 1))
+    init_engine_world()
     _, accumulate, flops_per_sample, parameters = engine_micro_batch(1)
     timing = model_pass(accumulate, flops_per_sample)
     stepping, step_micro_batch, _, _ = engine_micro_batch(1, accumulating=False)
@@ -325,14 +335,9 @@ def worker_engines(out: Path) -> None:
     rank 0 computing alone (calibrate.engine_slowdown_passes)."""
     import torch.distributed as dist
 
-    from integration.distributed import LaunchEnv, init_model_parallel, init_process_group
-    from integration.layout import Layout
     from integration.planner.calibrate import engine_slowdown_passes
 
-    base = compose([*MODEL, *RUN])
-    env = LaunchEnv.from_environ()
-    init_process_group(base.cluster, env)
-    init_model_parallel(Layout.derive(base.parallel, env.world_size))
+    base, env = init_engine_world()
     _, micro_batch, _, _ = engine_micro_batch(env.world_size)
     b = base.parallel.micro_batch_size
     passes = engine_slowdown_passes(lambda: micro_batch(b))
@@ -347,16 +352,11 @@ def worker_zero3(out: Path) -> None:
     ZeRO-1 on our engine over the model (calibrate.zero_micro_batch_seconds), per parameter tensor."""
     import torch.distributed as dist
 
-    from integration.distributed import LaunchEnv, init_model_parallel, init_process_group
-    from integration.layout import Layout
     from integration.plan import model_vocab_size
     from integration.planner.calibrate import zero_micro_batch_seconds
     from integration.planner.memory import stage_parameters
 
-    base = compose([*MODEL, *RUN])
-    env = LaunchEnv.from_environ()
-    init_process_group(base.cluster, env)
-    init_model_parallel(Layout.derive(base.parallel, env.world_size))
+    base, env = init_engine_world()
     b = base.parallel.micro_batch_size
     micro_batch = {}
     for stage in (1, 2, 3):
@@ -495,30 +495,48 @@ def run_time(rounds: int, steps: int, names: list[str] | None) -> dict:
                     "step_times": times,
                 }
             )
-    return summarize(per_round, [name for name, _, _ in layouts])
+    return {**summarize(per_round, [name for name, _, _ in layouts]), "layouts": layouts}
 
 
-def replay(path: Path) -> dict:
+def replay(path: Path, names: list[str] | None = None) -> dict:
     """The stored rounds of an earlier --out file (their calibrations and measured steps) with
     every layout predicted again by the planner as it is now: what a change to the time model
-    would have predicted for measurements already made, without running them again."""
+    would have predicted for measurements already made, without running them again. Each layout
+    is predicted with the processes and overrides it was measured with, as stored since
+    --replay exists; an older file gets today's LAYOUTS, which is only right where a name meant
+    the same configuration then (before 44f2351 "dp2 z0" ran ZeRO-1)."""
+    if not path.exists():
+        raise SystemExit(f"--replay {path}: no such file")
     try:
         stored = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except OSError as error:
+        raise SystemExit(f"--replay {path}: cannot read it ({error})") from None
+    except json.JSONDecodeError as error:
         raise SystemExit(
-            f"--replay {path}: not a results file this script wrote with --out ({error})"
+            f"--replay {path}: not JSON ({error}); give a file this script wrote with --out"
         ) from None
     if "time" not in stored:
         raise SystemExit(
             f"--replay {path}: no step-time rounds in it (run with the time part, not --skip-time)"
         )
     rounds = stored["time"]["rounds"]
-    layouts = {name: (processes, overrides) for name, processes, overrides in LAYOUTS}
-    names = [name for name in rounds[0]["measured"] if name in layouts]
+    measured_as = stored["time"].get("layouts")
+    if measured_as is None:
+        print(f"note: {path} does not store its layouts' overrides; replaying with today's LAYOUTS")
+        measured_as = LAYOUTS
+    layouts = {name: (processes, overrides) for name, processes, overrides in measured_as}
+    wanted = [n for n in rounds[0]["measured"] if names is None or n in names]
+    absent = [n for n in names or [] if n not in rounds[0]["measured"]]
+    if absent:
+        print(f"note: not measured in {path}: {', '.join(absent)}")
+    unknown = [n for n in wanted if n not in layouts]
+    if unknown:
+        print(f"note: not replayed (no overrides known for them): {', '.join(unknown)}")
+    kept = [n for n in wanted if n in layouts]
     per_round = [
-        {**r, "predicted": {n: predict(r["calibration"], *layouts[n]) for n in names}} for r in rounds
+        {**r, "predicted": {n: predict(r["calibration"], *layouts[n]) for n in kept}} for r in rounds
     ]
-    return summarize(per_round, names)
+    return {**summarize(per_round, kept), "layouts": [[n, *layouts[n]] for n in kept]}
 
 
 def summarize(per_round: list[dict], names: list[str]) -> dict:
@@ -730,11 +748,12 @@ def main() -> None:
     if args.worker in workers:
         return workers[args.worker](Path(args.worker_args[0]))
     if args.replay:
-        replayed = replay(args.replay)
+        replayed = replay(args.replay, args.layouts)
         print(f"(B) replayed: the rounds of {args.replay}, predicted again by the planner as it is now")
         print(replayed["text"])
         if args.out:
-            args.out.write_text(json.dumps(replayed, indent=1, default=str) + "\n")
+            result = {"replayed_from": str(args.replay), "time": replayed}
+            args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
         return None
     started = dt.datetime.now(dt.UTC)
     print(header(started), flush=True)

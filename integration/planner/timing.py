@@ -240,6 +240,8 @@ def step_time(
             # DeepSpeed's reduce_gradients walks every parameter at the accumulation boundary.
             # Uncharged, ZeRO-1 came out faster than ZeRO-0 (half the optimizer step) where it
             # measured 18-28 ms per step slower on 2 CPU processes (one micro-batch per step).
+            # Not so for bf16 with comm.grad_accum_dtype=fp32, which DeepSpeed runs on its
+            # BF16_Optimizer and an all-reduce; TimeInputs does not carry that setting.
             dp_time += tensors * cluster.zero2_tensor_overhead_us * 1e-6
         elif x.zero_stage == 2:
             dp_time = (m + 1) * all_gather(grad_bytes, x.dp, dp_link)
