@@ -505,12 +505,10 @@ def replay(path: Path, names: list[str] | None = None) -> dict:
     is predicted with the processes and overrides it was measured with, as stored since
     --replay exists; an older file gets today's LAYOUTS, which is only right where a name meant
     the same configuration then (before 44f2351 "dp2 z0" ran ZeRO-1)."""
-    if not path.exists():
-        raise SystemExit(f"--replay {path}: no such file")
     try:
         stored = json.loads(path.read_text())
     except OSError as error:
-        raise SystemExit(f"--replay {path}: cannot read it ({error})") from None
+        raise SystemExit(f"--replay {path}: cannot read it ({error.strerror})") from None
     except json.JSONDecodeError as error:
         raise SystemExit(
             f"--replay {path}: not JSON ({error}); give a file this script wrote with --out"

@@ -231,24 +231,28 @@ def step_time(
         # reduce-scatter + all-gather of the updated weights); DeepSpeed's stage 2 reduce-scatters
         # in every micro-batch's backward; stage 3 also all-gathers the weights for each forward
         # and backward (3Ψ per micro-batch).
-        # DeepSpeed's own work per parameter tensor (hooks, bucket copies, partition
-        # bookkeeping): 0 on a GPU, where kernels hide it; measured on a CPU.
-        tensors = len(stage_parameters(model, vocab, x.tp, x.pp, 0)) if x.zero_stage else 0
         if x.zero_stage in (0, 1):
             dp_time = all_reduce(grad_bytes, x.dp, dp_link)
-            # Stage 1 reduces through the same per-tensor bucket path as stage 2, once per step:
-            # DeepSpeed's reduce_gradients walks every parameter at the accumulation boundary.
-            # Uncharged, ZeRO-1 came out faster than ZeRO-0 (half the optimizer step) where it
-            # measured 18-28 ms per step slower on 2 CPU processes (one micro-batch per step).
-            # Not so for bf16 with comm.grad_accum_dtype=fp32, which DeepSpeed runs on its
-            # BF16_Optimizer and an all-reduce; TimeInputs does not carry that setting.
-            dp_time += tensors * cluster.zero2_tensor_overhead_us * 1e-6
         elif x.zero_stage == 2:
             dp_time = (m + 1) * all_gather(grad_bytes, x.dp, dp_link)
-            dp_time += m * tensors * cluster.zero2_tensor_overhead_us * 1e-6
         else:
             dp_time = 3 * m * all_gather(grad_bytes, x.dp, dp_link)
-            dp_time += m * tensors * cluster.zero3_tensor_overhead_us * 1e-6
+        # DeepSpeed's own work per parameter tensor (hooks, bucket copies, partition
+        # bookkeeping): 0 on a GPU, where kernels hide it; measured on a CPU. Stage 2 pays its
+        # reduction path every micro-batch; stage 1 walks every parameter through the same path
+        # once per step, at the accumulation boundary (DeepSpeed's reduce_gradients): uncharged,
+        # ZeRO-1 came out faster than ZeRO-0 (half the optimizer step) where it measured 18-28 ms
+        # per step slower on 2 CPU processes. Not so for bf16 with comm.grad_accum_dtype=fp32,
+        # which DeepSpeed runs on its BF16_Optimizer and an all-reduce; TimeInputs does not carry
+        # that setting.
+        per_tensor_us, times = {
+            1: (cluster.zero2_tensor_overhead_us, 1),
+            2: (cluster.zero2_tensor_overhead_us, m),
+            3: (cluster.zero3_tensor_overhead_us, m),
+        }.get(x.zero_stage, (0.0, 0))
+        if per_tensor_us:
+            tensors = len(stage_parameters(model, vocab, x.tp, x.pp, 0))
+            dp_time += times * tensors * per_tensor_us * 1e-6
     # Counted as exposed: DeepSpeed's overlap_comm is off by default for stages 1/2 and stage 0
     # reduces after backward; ZeRO-3's prefetch hides part of its gathers, so this is its upper bound.
 
