@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import resource
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +29,41 @@ class Throughput:
         if self.peak_tflops:
             row["mfu"] = tflops / self.peak_tflops
         return row
+
+
+class IntervalClock:
+    """Wall seconds per step between logged rows, evaluation and checkpoint saving left out (as
+    Megatron's "elapsed time per iteration"). A rank's own `step_time` can be short while the run
+    is not fast: in lockstep data parallelism the rank that reaches the collectives last waits for
+    nobody. The interval also counts the work between steps (logging), so it follows the run's
+    real rate; `tokens_per_sec` stays per `step_time`, as before."""
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self) -> None:
+        """From now, with no steps counted (the loop's start, and after a rollback)."""
+        self._since = time.perf_counter()
+        self._steps = 0
+
+    def stepped(self) -> None:
+        self._steps += 1
+
+    @contextmanager
+    def excluded(self) -> Iterator[None]:
+        """Time spent inside is not counted."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._since += time.perf_counter() - start
+
+    def read(self) -> float:
+        """Seconds per step since the last read (or restart); starts the next interval."""
+        now = time.perf_counter()
+        value = (now - self._since) / max(self._steps, 1)
+        self._since, self._steps = now, 0
+        return value
 
 
 def memory_metrics(device: torch.device) -> dict[str, float]:

@@ -33,6 +33,7 @@ WANDB_NAMES = {
     "tflops_per_device": "perf/tflops_per_device",
     "mfu": "perf/mfu",
     "step_time": "perf/step_time",
+    "step_interval": "perf/step_interval",
     "samples": "trainer/samples",
     "val_loss": "val/loss",
 }

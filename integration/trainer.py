@@ -17,7 +17,7 @@ import torch.distributed as dist
 from integration.config.schema import TrainerConfig
 from integration.layout import Layout
 from integration.metrics import MetricsLog, Progress
-from integration.perf import Throughput, memory_metrics
+from integration.perf import IntervalClock, Throughput, memory_metrics
 from integration.stability.gate import StepGate, StepOutcome
 from integration.stability.monitor import StabilityMonitor, TrainingDiverged
 
@@ -192,22 +192,26 @@ class TrainLoop:
         results = []
         cfg = self.config
         step = self.first_step
+        clock = IntervalClock()
         while step < cfg.max_steps:
             start = time.perf_counter()
             result = self.runner.train_step(step, step + self.monitor.data_offset)
             elapsed = time.perf_counter() - start
+            clock.stepped()
             results.append(result)
             done = step + 1
             rollback_reason = self.monitor.observe(result.loss, result.outcome)
             if done % cfg.log_interval == 0 or done == cfg.max_steps or rollback_reason:
-                self._log_train(done, result, elapsed)
+                self._log_train(done, result, elapsed, clock.read())
             if rollback_reason:
                 step = self._roll_back(step, rollback_reason)
+                clock.restart()
                 continue
-            if cfg.eval_interval and (done % cfg.eval_interval == 0 or done == cfg.max_steps):
-                self._log_eval(done)
-            if self.checkpointer is not None:
-                self.checkpointer.maybe_save(done, final=done == cfg.max_steps)
+            with clock.excluded():
+                if cfg.eval_interval and (done % cfg.eval_interval == 0 or done == cfg.max_steps):
+                    self._log_eval(done)
+                if self.checkpointer is not None:
+                    self.checkpointer.maybe_save(done, final=done == cfg.max_steps)
             step = done
         self.progress.close()
         return results
@@ -244,7 +248,7 @@ class TrainLoop:
             )
         return restored
 
-    def _log_train(self, step: int, result: StepResult, elapsed: float) -> None:
+    def _log_train(self, step: int, result: StepResult, elapsed: float, interval: float) -> None:
         samples = step * self.layout.global_batch_size
         row = {
             "step": step,
@@ -255,6 +259,7 @@ class TrainLoop:
             "samples": samples,
             "tokens": step * self.throughput.tokens_per_step,
             "step_time": elapsed,
+            "step_interval": interval,
             **({"loss_scale": result.loss_scale} if result.loss_scale is not None else {}),
             **self.monitor.metrics(result.outcome, result.z_loss),
             **memory_metrics(self.device),

@@ -24,6 +24,8 @@ def test_single_process_writes_the_run_directory(single):
         assert set(row) >= {"step", "loss", "lr", "grad_norm", "tokens_per_sec", "samples"}
         assert row["grad_norm"] > 0 and row["tokens_per_sec"] > 0
         assert row["samples"] == row["step"] * 8
+        # the interval holds the step and the logging before it; evaluation (steps 5, 10) left out
+        assert row["step_interval"] >= row["step_time"] > 0
     assert [r["step"] for r in single.val_rows] == [5, 10]
     assert all(r["val_loss"] > 0 for r in single.val_rows)
     assert (single.run_dir / "config.yaml").read_text().count("tensor_model_parallel_size: 1") == 1
@@ -46,6 +48,7 @@ def test_layout_matches_single_process(single, tmp_path, name, nprocs, launcher,
     run = train(tmp_path / name, COMMON + overrides, nprocs=nprocs, launcher=launcher)
     assert_learns(run.losses)
     assert_same_curve(run.losses, single.losses)
+    assert all(r["step_interval"] >= r["step_time"] > 0 for r in run.train_rows)
     grad_norms = [r["grad_norm"] for r in run.train_rows]
     reference_norms = [r["grad_norm"] for r in single.train_rows]
     assert grad_norms == pytest.approx(reference_norms, rel=1e-3)
