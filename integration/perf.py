@@ -1,11 +1,11 @@
-"""Throughput, model FLOPs utilisation and memory, per logged step."""
+"""Throughput, model FLOPs utilisation, memory and the step interval, per logged step."""
 
 from __future__ import annotations
 
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -32,35 +32,38 @@ class Throughput:
 
 
 class IntervalClock:
-    """Wall seconds per step between logged rows, evaluation and checkpoint saving left out (as
-    Megatron's "elapsed time per iteration"). A rank's own `step_time` can be short while the run
-    is not fast: in lockstep data parallelism the rank that reaches the collectives last waits for
-    nobody. The interval also counts the work between steps (logging), so it follows the run's
-    real rate; `tokens_per_sec` stays per `step_time`, as before."""
+    """Wall seconds per step between logged rows on this rank, evaluation and checkpoint saving
+    left out: Megatron's "elapsed time per iteration", without its barrier. A rank's own
+    `step_time` counts only its train_step; the interval also counts the work between steps
+    (logging) and so, averaged over rows, gives the run's rate. One row can still be long and the
+    next short where the rank's step boundary moves (4 processes on 2 cores: benchmarks/README.md,
+    planner_accuracy fifth session). `tokens_per_sec` stays per `step_time`."""
 
-    def __init__(self):
+    def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
+        self._now = now
         self.restart()
 
     def restart(self) -> None:
         """From now, with no steps counted (the loop's start, and after a rollback)."""
-        self._since = time.perf_counter()
+        self._since = self._now()
         self._steps = 0
 
     def stepped(self) -> None:
+        """One more step in the current interval."""
         self._steps += 1
 
     @contextmanager
     def excluded(self) -> Iterator[None]:
         """Time spent inside is not counted."""
-        start = time.perf_counter()
+        start = self._now()
         try:
             yield
         finally:
-            self._since += time.perf_counter() - start
+            self._since += self._now() - start
 
-    def read(self) -> float:
-        """Seconds per step since the last read (or restart); starts the next interval."""
-        now = time.perf_counter()
+    def lap(self) -> float:
+        """Seconds per step since the last lap (or restart), and the next interval starts."""
+        now = self._now()
         value = (now - self._since) / max(self._steps, 1)
         self._since, self._steps = now, 0
         return value

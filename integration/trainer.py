@@ -175,6 +175,7 @@ class TrainLoop:
         first_step: int = 0,
         device: torch.device | None = None,
         checkpointer=None,
+        clock: IntervalClock | None = None,
     ):
         self.runner = runner
         self.config = config
@@ -187,12 +188,14 @@ class TrainLoop:
         self.first_step = first_step
         self.device = device or torch.device("cpu")
         self.checkpointer = checkpointer
+        self.clock = clock or IntervalClock()
 
     def run(self) -> list[StepResult]:
         results = []
         cfg = self.config
         step = self.first_step
-        clock = IntervalClock()
+        clock = self.clock
+        clock.restart()
         while step < cfg.max_steps:
             start = time.perf_counter()
             result = self.runner.train_step(step, step + self.monitor.data_offset)
@@ -202,7 +205,7 @@ class TrainLoop:
             done = step + 1
             rollback_reason = self.monitor.observe(result.loss, result.outcome)
             if done % cfg.log_interval == 0 or done == cfg.max_steps or rollback_reason:
-                self._log_train(done, result, elapsed, clock.read())
+                self._log_train(done, result, elapsed, clock.lap())
             if rollback_reason:
                 step = self._roll_back(step, rollback_reason)
                 clock.restart()

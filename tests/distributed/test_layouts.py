@@ -24,7 +24,7 @@ def test_single_process_writes_the_run_directory(single):
         assert set(row) >= {"step", "loss", "lr", "grad_norm", "tokens_per_sec", "samples"}
         assert row["grad_norm"] > 0 and row["tokens_per_sec"] > 0
         assert row["samples"] == row["step"] * 8
-        # the interval holds the step and the logging before it; evaluation (steps 5, 10) left out
+        # a row per step (log_interval 1, the default): the interval is the step and the logging before it
         assert row["step_interval"] >= row["step_time"] > 0
     assert [r["step"] for r in single.val_rows] == [5, 10]
     assert all(r["val_loss"] > 0 for r in single.val_rows)
