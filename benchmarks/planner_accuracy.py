@@ -435,6 +435,7 @@ def calibrate_machine() -> dict:
     passes = {n: part["passes"] for n, part in together.items()}
     calibration["engine_slowdown"] = engine_slowdowns(passes)
     calibration["engine_slowdown_passes"] = passes
+    calibration["cpu_count"] = len(os.sched_getaffinity(0))
     return calibration
 
 
@@ -660,6 +661,7 @@ class CpuCalibrationView:
         )
         links = ", ".join(
             f"{c.size} of {c.processes} busy α {c.latency_s * 1e6:.0f} µs β {c.bandwidth / 1e9:.2f} GB/s"
+            + (f" (medians of {len(c.sweeps)} sweeps)" if c.sweeps else "")
             for c in calibrated.collectives
         )
         m = d["model"]

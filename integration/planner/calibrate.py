@@ -305,6 +305,9 @@ class Collective:
     points: tuple[tuple[int, float], ...] = ()
     """(bytes, exposed seconds) the fit was made from, kept so that a result file shows why α or β
     came out as it did; empty in results written before they were kept."""
+    sweeps: tuple[tuple[tuple[int, float], ...], ...] = ()
+    """Each sweep's (bytes, exposed seconds) where `points` are their medians (median_points);
+    empty in results written before sweeps were repeated, where `points` is the one sweep."""
 
 
 def exposed_all_reduce_seconds(group, nbytes: int, compute: Callable[[], object]) -> float:
@@ -354,19 +357,44 @@ all-reduce is megabytes), two so that no one noisy time sets β."""
 
 
 def all_reduce_alpha_beta(
-    size: int, compute: Callable[[], object], sizes: tuple[int, ...] = ALL_REDUCE_SIZES
+    size: int, compute: Callable[[], object], sizes: tuple[int, ...] = ALL_REDUCE_SIZES, sweeps: int = 3
 ) -> Collective:
     """α and β of all-reduces over groups of `size` consecutive ranks, every rank of the world in one
-    and all measuring at once (exposed_all_reduce_seconds at each of `sizes`), fitted by ring_fit.
-    Call on every rank; the world size a multiple of `size`. The result is rank 0's group's."""
+    and all measuring at once (exposed_all_reduce_seconds at each of `sizes`), fitted by ring_fit to
+    each size's median over `sweeps` sweeps of all sizes. Call on every rank; the world size a
+    multiple of `size`. The result is rank 0's group's.
+
+    Sweeps rather than more passes per size, because the bad times came in stretches: with four
+    processes busy, a pair's fastest 256 KiB time of 7 chunks was 6.58 ms in one round against
+    3.07 and 2.16 ms in the others, and its 1 KiB time 4.36 ms, which made α 2180 µs against 761
+    and 1082 (planner_accuracy_2026-12-01_cpu-2core_step-interval, round 3). A sweep takes a few
+    seconds, so a stretch like that lands in one sweep and the median passes over it."""
     group = own_group(size)
-    seconds = []
-    for nbytes in sizes:
-        dist.barrier()
-        seconds.append((nbytes, exposed_all_reduce_seconds(group, nbytes, compute)))
+    measured = []
+    for _ in range(sweeps):
+        sweep = []
+        for nbytes in sizes:
+            dist.barrier()
+            sweep.append((nbytes, exposed_all_reduce_seconds(group, nbytes, compute)))
+        measured.append(tuple(sweep))
     dist.barrier()
-    alpha, bandwidth = ring_fit(size, seconds)
-    return Collective(size, alpha, bandwidth, processes=dist.get_world_size(), points=tuple(seconds))
+    points = median_points(measured)
+    alpha, bandwidth = ring_fit(size, points)
+    return Collective(
+        size, alpha, bandwidth, processes=dist.get_world_size(), points=tuple(points), sweeps=tuple(measured)
+    )
+
+
+def median_points(sweeps: list[tuple[tuple[int, float], ...]]) -> list[tuple[int, float]]:
+    """Per size, the median of the sweeps' (bytes, seconds) (the upper of the middle two for an
+    even count, so that every point is one that was measured); the sweeps list the same sizes in
+    the same order."""
+    sizes = [nbytes for nbytes, _ in sweeps[0]]
+    if any([nbytes for nbytes, _ in sweep] != sizes for sweep in sweeps):
+        raise ValueError(f"sweeps over different sizes cannot be combined: {sweeps}")
+    return [
+        (nbytes, sorted(sweep[i][1] for sweep in sweeps)[len(sweeps) // 2]) for i, nbytes in enumerate(sizes)
+    ]
 
 
 def ring_fit(size: int, seconds: list[tuple[int, float]]) -> tuple[float, float]:
@@ -429,17 +457,21 @@ class CpuCalibration:
     engine_slowdown: dict[int, float] = dataclasses.field(default_factory=dict)
     """n → how much slower the model's forward + backward runs with n processes at once
     (engine_slowdowns); empty: judge by the GEMM rates alone."""
+    cpu_count: int = 0
+    """CPUs the calibrating process could run on (os.sched_getaffinity); 0: unknown."""
 
     def cores(self, processes: int | None = None) -> float:
         """Cores `processes` processes effectively get: computing at once, each runs 1/slowdown(n)
-        as fast as one process alone, so together like n/slowdown(n) lone processes (capped at n).
-        The slowdown is the model's own (engine_slowdown) where measured, else the GEMMs'
-        (rate(1)/rate(n)). The nearest measured n at or above `processes`; None: the largest."""
+        as fast as one process alone, so together like n/slowdown(n) lone processes, capped at n
+        and at the machine's CPUs (four processes on two CPUs once measured a slowdown of 1.97, 2.03
+        cores: a lone pass that ran slow, not a third core). The slowdown is the model's own
+        (engine_slowdown) where measured, else the GEMMs' (rate(1)/rate(n)). The nearest measured n
+        at or above `processes`; None: the largest."""
         slowdowns = self.engine_slowdown or {
             n: self.gemm_flops_per_process[1] / rate for n, rate in self.gemm_flops_per_process.items()
         }
         n = min((k for k in slowdowns if processes is not None and k >= processes), default=max(slowdowns))
-        return min(float(n), n / slowdowns[n])
+        return min(float(n), n / slowdowns[n], float(self.cpu_count or n))
 
     def settings(self, base: PlannerSettings | None = None) -> PlannerSettings:
         """compute_efficiency: the model's rate over the GEMM peak."""
@@ -515,6 +547,7 @@ class CpuCalibration:
             zero2_tensor_s=data.get("zero2_tensor_s", 0.0),
             optimizer_step_bytes_per_s=data.get("optimizer_step_bytes_per_s", 0.0),
             engine_slowdown={int(k): v for k, v in data.get("engine_slowdown", {}).items()},
+            cpu_count=data.get("cpu_count", 0),
         )
 
 
@@ -523,7 +556,16 @@ def _collectives(data: list | dict) -> tuple[Collective, ...]:
     the processes busy unknown (0)."""
     if isinstance(data, dict):
         data = list(data.values())
-    return tuple(Collective(**{**c, "points": tuple(map(tuple, c.get("points", ())))}) for c in data)
+    return tuple(
+        Collective(
+            **{
+                **c,
+                "points": tuple(map(tuple, c.get("points", ()))),
+                "sweeps": tuple(tuple(map(tuple, sweep)) for sweep in c.get("sweeps", ())),
+            }
+        )
+        for c in data
+    )
 
 
 def calibrate_world(

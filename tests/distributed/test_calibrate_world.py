@@ -62,9 +62,15 @@ def test_the_result_is_what_cpu_calibration_reads(calibrated, typed_config):
     assert set(calibration.gemm_flops_per_process) == {1, 2}
     pair = calibration.collective(2, 2)
     assert [size for size, _ in pair.points] == list(ALL_REDUCE_SIZES)
-    assert dataclasses.replace(pair, points=()) == Collective(
-        **{**calibrated["with_rates"]["collectives"][0], "points": ()}
+    assert dataclasses.replace(pair, points=(), sweeps=()) == Collective(
+        **{**calibrated["with_rates"]["collectives"][0], "points": (), "sweeps": ()}
     )
+    # Each size's point is the median of the three sweeps, each sweep over every size.
+    assert len(pair.sweeps) == 3
+    for i, (nbytes, seconds) in enumerate(pair.points):
+        timed = sorted(sweep[i][1] for sweep in pair.sweeps)
+        assert [sweep[i][0] for sweep in pair.sweeps] == [nbytes] * 3
+        assert seconds == timed[1]
     assert calibration.cluster(typed_config([]).cluster, "fp32", 4, processes=2).intra_node_latency_us == (
         pytest.approx(calibration.collective(2, 2).latency_s * 1e6)
     )

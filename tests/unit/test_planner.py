@@ -524,6 +524,11 @@ def test_calibration_turns_measurements_into_cluster_facts(typed_config):
     assert measured.cores(3) == measured.cores(4) == measured.cores() == pytest.approx(1.6)
     assert measured.cluster(base, "fp32", 4, processes=2).cores_per_node == pytest.approx(2 / 1.4)
     assert CpuCalibration.from_dict(json_roundtrip(measured.as_dict())) == measured
+    # Never more cores than the machine has CPUs, however fast the processes ran together.
+    lucky = dataclasses.replace(measured, engine_slowdown={1: 1.0, 2: 1.0, 4: 1.97}, cpu_count=2)
+    assert lucky.cores(2) == pytest.approx(2.0) and lucky.cores(4) == pytest.approx(2.0)
+    assert dataclasses.replace(lucky, cpu_count=0).cores(4) == pytest.approx(4 / 1.97)
+    assert CpuCalibration.from_dict(json_roundtrip(lucky.as_dict())) == lucky
 
 
 def test_ring_fit_recovers_alpha_and_beta_and_one_noisy_size_cannot_run_away():
@@ -558,6 +563,27 @@ def test_ring_fit_recovers_alpha_and_beta_and_one_noisy_size_cannot_run_away():
     assert alpha == pytest.approx(5e-3 / 2) and beta == pytest.approx(2 * (16 << 20) / 5e-3)
     with pytest.raises(ValueError, match="fewer than two sizes"):
         ring_fit(2, [(1 << 10, 1e-9), (4 << 20, 1e-9), (16 << 20, 4e-3)])
+
+
+def test_a_stretch_of_slow_all_reduces_in_one_sweep_does_not_set_alpha():
+    from integration.planner.calibrate import ALL_REDUCE_SIZES, median_points, ring_fit
+
+    def ring(nbytes, alpha=900e-6, beta=0.9e9):
+        return 2 * alpha + nbytes / beta
+
+    steady = tuple((b, ring(b)) for b in ALL_REDUCE_SIZES)
+    # Round 3 of the step-interval results, the pair with four processes busy: a slow stretch made the
+    # 1 KiB and 256 KiB times 4.36 and 6.58 ms, and α came out 2180 µs against 761 and 1082.
+    slow = tuple((b, t + 4e-3 if b <= 256 << 10 else t) for b, t in steady)
+    jittered = tuple((b, t * 0.9) for b, t in steady)
+    assert ring_fit(2, list(slow))[0] > 2 * 900e-6
+    assert median_points([slow, steady, jittered]) == list(steady)
+    alpha, beta = ring_fit(2, median_points([jittered, slow, steady]))
+    assert alpha == pytest.approx(900e-6) and beta == pytest.approx(0.9e9)
+    # An even count takes the upper middle, a time that was measured.
+    assert median_points([jittered, steady]) == list(steady)
+    with pytest.raises(ValueError, match="different sizes"):
+        median_points([steady, steady[1:]])
 
 
 def test_engine_slowdowns_are_the_fastest_together_over_the_fastest_alone():
