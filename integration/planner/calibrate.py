@@ -364,11 +364,13 @@ def all_reduce_alpha_beta(
     each size's median over `sweeps` sweeps of all sizes. Call on every rank; the world size a
     multiple of `size`. The result is rank 0's group's.
 
-    Sweeps rather than more passes per size, because the bad times came in stretches: with four
-    processes busy, a pair's fastest 256 KiB time of 7 chunks was 6.58 ms in one round against
-    3.07 and 2.16 ms in the others, and its 1 KiB time 4.36 ms, which made α 2180 µs against 761
-    and 1082 (planner_accuracy_2026-12-01_cpu-2core_step-interval, round 3). A sweep takes a few
-    seconds, so a stretch like that lands in one sweep and the median passes over it."""
+    With four processes on two cores one sweep's fit is a draw from a wide spread: a pair's α came
+    out 2180 µs in one round against 761 and 1082 in the others (its 1 KiB and 256 KiB times 4.36
+    and 6.58 ms; planner_accuracy_2026-12-01_cpu-2core_step-interval, round 3), and in the first
+    run with sweeps the nine sweeps' own fits gave 602-2467 µs where the three rounds' medians
+    gave 669-1556 µs (planner_accuracy_2026-12-01_cpu-2core_sweep-medians). Slow and fast
+    sweeps came mixed, not in stretches, so a median of sweeps narrows the spread rather than
+    removing it."""
     group = own_group(size)
     measured = []
     for _ in range(sweeps):

@@ -572,7 +572,7 @@ def test_a_stretch_of_slow_all_reduces_in_one_sweep_does_not_set_alpha():
         return 2 * alpha + nbytes / beta
 
     steady = tuple((b, ring(b)) for b in ALL_REDUCE_SIZES)
-    # Round 3 of the step-interval results, the pair with four processes busy: a slow stretch made the
+    # Round 3 of the step-interval results, the pair with four processes busy: a slow sweep made the
     # 1 KiB and 256 KiB times 4.36 and 6.58 ms, and α came out 2180 µs against 761 and 1082.
     slow = tuple((b, t + 4e-3 if b <= 256 << 10 else t) for b, t in steady)
     jittered = tuple((b, t * 0.9) for b, t in steady)
