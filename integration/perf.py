@@ -22,8 +22,8 @@ class Throughput:
     peak_tflops: float | None
     """Dense peak per device for the run's precision, from the cluster config; None: no MFU."""
 
-    def metrics(self, step_time: float) -> dict[str, float]:
-        tokens_per_sec = self.tokens_per_step / step_time
+    def metrics(self, seconds_per_step: float) -> dict[str, float]:
+        tokens_per_sec = self.tokens_per_step / seconds_per_step
         tflops = tokens_per_sec * self.flops_per_token / self.devices / 1e12
         row = {"tokens_per_sec": tokens_per_sec, "tflops_per_device": tflops}
         if self.peak_tflops:
@@ -37,7 +37,10 @@ class IntervalClock:
     `step_time` counts only its train_step; the interval also counts the work between steps
     (logging) and so, averaged over rows, gives the run's rate. One row can still be long and the
     next short where the rank's step boundary moves (4 processes on 2 cores: benchmarks/README.md,
-    planner_accuracy fifth session). `tokens_per_sec` stays per `step_time`."""
+    planner_accuracy fifth session). `tokens_per_sec`, `tflops_per_device` and `mfu` are per the
+    interval, as Megatron's and torchtitan's are per the time between logs: the intervals cover
+    the run's training wall time, where `step_time` leaves the logging out and, at log_interval > 1,
+    is the row's last step alone."""
 
     def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
         self._now = now

@@ -258,7 +258,7 @@ class TrainLoop:
             "loss": result.loss,
             "lr": result.lr,
             "grad_norm": result.grad_norm,
-            **self.throughput.metrics(elapsed),
+            **self.throughput.metrics(interval),
             "samples": samples,
             "tokens": step * self.throughput.tokens_per_step,
             "step_time": elapsed,

@@ -91,7 +91,7 @@ def test_train_loop_logs_the_interval_without_evaluation_and_saving(tmp_path):
         steps,
         TrainerConfig(max_steps=6, log_interval=2, eval_interval=2, progress=False),
         Layout(1, 1, 1, 1, 1, 1, 1),
-        Throughput(tokens_per_step=1, flops_per_token=1, devices=1, peak_tflops=None),
+        Throughput(tokens_per_step=1000, flops_per_token=6, devices=2, peak_tflops=1e-6),
         metrics=MetricsLog(tmp_path / "metrics.jsonl", enabled=True),
         progress=Progress(6, 0, enabled=False),
         monitor=StabilityMonitor(StabilityConfig(), SpikeDetector(SpikeConfig(enabled=False))),
@@ -103,5 +103,10 @@ def test_train_loop_logs_the_interval_without_evaluation_and_saving(tmp_path):
     train_rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in train_rows] == [2, 4, 6]
     assert [r["step_interval"] for r in train_rows] == [1.0, 1.0, 1.0]  # counted: 2 s per 2 steps
+    # Throughput per the interval (the steps' own time on the real clock is near 0 here): 1000 tokens
+    # per second, 6 FLOPs each over 2 devices is 3e-9 TFLOP/s, 0.003 of a 1e-6 TFLOP/s peak.
+    assert [r["tokens_per_sec"] for r in train_rows] == [1000.0] * 3
+    assert [r["tflops_per_device"] for r in train_rows] == [3e-9] * 3
+    assert [r["mfu"] for r in train_rows] == [3e-9 / 1e-6] * 3
     assert [r["step"] for r in rows if "val_loss" in r] == [2, 4, 6]  # the evaluations did run
     assert hand.now == 6 * 1.0 + 3 * 10.0 + 6 * 100.0
