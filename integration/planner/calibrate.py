@@ -466,7 +466,7 @@ class CpuCalibration:
         """Cores `processes` processes effectively get: computing at once, each runs 1/slowdown(n)
         as fast as one process alone, so together like n/slowdown(n) lone processes, capped at n
         and at the machine's CPUs (four processes on two CPUs once measured a slowdown of 1.97, 2.03
-        cores: a lone pass that ran slow, not a third core). The slowdown is the model's own
+        cores: noise in the timing, not a third core). The slowdown is the model's own
         (engine_slowdown) where measured, else the GEMMs' (rate(1)/rate(n)). The nearest measured n
         at or above `processes`; None: the largest."""
         slowdowns = self.engine_slowdown or {
