@@ -20,6 +20,7 @@ from integration.compare import (
     config_differences,
     format_value,
     load_run,
+    run_tokens_per_sec,
     summarize,
     unique_labels,
 )
@@ -88,13 +89,35 @@ def test_summary_of_a_run(two_runs):
     assert summary["final loss"] == loss(STEPS, 2)
     assert summary["mean loss last 10%"] == pytest.approx((loss(STEPS - 1, 2) + loss(STEPS, 2)) / 2)
     assert summary["best val_loss"] == pytest.approx(loss(STEPS, 2) + 0.1)
-    assert summary["mean tokens/s"] == pytest.approx(sum(rate(s, 2) for s in range(1, STEPS + 1)) / STEPS)
+    # Every step logged: the run's rate is the steps over their seconds, not the rows' mean rate.
+    assert summary["tokens/s"] == pytest.approx(STEPS / sum(1 / rate(s, 2) for s in range(1, STEPS + 1)))
+    assert summary["tokens/s"] < sum(rate(s, 2) for s in range(1, STEPS + 1)) / STEPS
     assert summary["steps"] == STEPS
     assert (
         summary["tokens seen"]
         == STEPS * GLOBAL_BATCH * SEQ
         == summarize(load_run(two_runs[0]))["tokens seen"]
     )
+
+
+def test_the_run_rate_weighs_each_row_by_the_steps_it_covers():
+    # Rows every 2 steps at 1000 then 250 tokens/s: 4 steps in 2/1000 + 2/250 s per token, 400 tokens/s
+    # (the rows' mean would say 625).
+    every_two = [{"step": 2, "tokens_per_sec": 1000.0}, {"step": 4, "tokens_per_sec": 250.0}]
+    assert run_tokens_per_sec(every_two) == pytest.approx(400.0)
+    # A last row short of the log interval covers only its own steps: 3 at 1000, then 1 at 100.
+    uneven = [{"step": 3, "tokens_per_sec": 1000.0}, {"step": 4, "tokens_per_sec": 100.0}]
+    assert run_tokens_per_sec(uneven, log_interval=3) == pytest.approx(4 / (3 / 1000 + 1 / 100))
+    # A run resumed into a new directory: its first row covers one log interval, not its step number.
+    resumed = [{"step": 102, "tokens_per_sec": 1000.0}, {"step": 104, "tokens_per_sec": 250.0}]
+    assert run_tokens_per_sec(resumed, log_interval=2) == pytest.approx(400.0)
+    assert run_tokens_per_sec(resumed) == pytest.approx(104 / (102 / 1000 + 2 / 250))
+    # Rows with no finite positive rate are left out, and none at all is None.
+    assert run_tokens_per_sec([*uneven, {"step": 5, "tokens_per_sec": float("nan")}, {"step": 6}], 3) == (
+        run_tokens_per_sec(uneven, 3)
+    )
+    assert run_tokens_per_sec([{"step": 1, "loss": 2.0}]) is None
+    assert run_tokens_per_sec([]) is None
 
 
 def test_torn_last_line_and_non_finite_values(tmp_path):
