@@ -137,13 +137,23 @@ def parse_args() -> argparse.Namespace:
         help="predict the step times of an earlier --out file's rounds again with the planner as it is now",
     )
     parser.add_argument(
+        "--cpu-count",
+        type=int,
+        default=None,
+        help="with --replay: the CPUs to cap effective cores at where a stored calibration does not say "
+        "(files before 459ad81); without it those are replayed uncapped",
+    )
+    parser.add_argument(
         "--worker",
         choices=["activations", "world", "engine", "engines", "zero3"],
         default=None,
         help=argparse.SUPPRESS,
     )
     parser.add_argument("worker_args", nargs="*", help=argparse.SUPPRESS)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.cpu_count is not None and (args.replay is None or args.cpu_count < 1):
+        parser.error(f"--cpu-count {args.cpu_count}: give a positive count, and only with --replay FILE")
+    return args
 
 
 def compose(overrides: list[str]):
@@ -435,7 +445,9 @@ def calibrate_machine() -> dict:
     passes = {n: part["passes"] for n, part in together.items()}
     calibration["engine_slowdown"] = engine_slowdowns(passes)
     calibration["engine_slowdown_passes"] = passes
-    calibration["cpu_count"] = len(os.sched_getaffinity(0))
+    calibration["cpu_count"] = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+    )
     return calibration
 
 
@@ -512,13 +524,14 @@ def run_time(rounds: int, steps: int, names: list[str] | None) -> dict:
     return {**summarize(per_round, [name for name, _, _ in layouts]), "layouts": layouts}
 
 
-def replay(path: Path, names: list[str] | None = None) -> dict:
+def replay(path: Path, names: list[str] | None = None, cpu_count: int | None = None) -> dict:
     """The stored rounds of an earlier --out file (their calibrations and measured steps) with
     every layout predicted again by the planner as it is now: what a change to the time model
     would have predicted for measurements already made, without running them again. Each layout
     is predicted with the processes and overrides it was measured with, as stored since
     --replay exists; an older file gets today's LAYOUTS, which is only right where a name meant
-    the same configuration then (before 44f2351 "dp2 z0" ran ZeRO-1)."""
+    the same configuration then (before 44f2351 "dp2 z0" ran ZeRO-1). A calibration that does not
+    store the machine's CPUs gets `cpu_count` where given, else stays uncapped, with a note."""
     try:
         stored = json.loads(path.read_text())
     except OSError as error:
@@ -532,6 +545,13 @@ def replay(path: Path, names: list[str] | None = None) -> dict:
             f"--replay {path}: no step-time rounds in it (run with the time part, not --skip-time)"
         )
     rounds = stored["time"]["rounds"]
+    if any("cpu_count" not in r["calibration"] for r in rounds):
+        if cpu_count is None:
+            print(
+                f"note: {path} does not store the machine's CPUs; effective cores replayed uncapped (--cpu-count N)"
+            )
+        else:
+            rounds = [{**r, "calibration": {"cpu_count": cpu_count, **r["calibration"]}} for r in rounds]
     measured_as = stored["time"].get("layouts")
     if measured_as is None:
         print(f"note: {path} does not store its layouts' overrides; replaying with today's LAYOUTS")
@@ -799,7 +819,7 @@ def main() -> None:
     if args.worker in workers:
         return workers[args.worker](Path(args.worker_args[0]))
     if args.replay:
-        replayed = replay(args.replay, args.layouts)
+        replayed = replay(args.replay, args.layouts, args.cpu_count)
         print(f"(B) replayed: the rounds of {args.replay}, predicted again by the planner as it is now")
         print(replayed["text"])
         if args.out:

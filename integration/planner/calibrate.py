@@ -14,8 +14,8 @@ preset states from a datasheet, measured here with microbenchmarks that run no t
   tensor, clipping, bookkeeping): its effective memory bandwidth;
 - gloo all-reduce at 1 KiB, 256 KiB, 4 MiB and 16 MiB, each right after a GEMM with every process of the
   world busy in groups of the link's size (as tensor and data parallel ranks are in a step), less
-  the GEMM: the ring model's latency α and bandwidth β, fitted over the four, as a training step
-  is charged them;
+  the GEMM: the ring model's latency α and bandwidth β, fitted over the four (each size's median
+  of three sweeps), as a training step is charged them;
 - our engine's forward + backward at ZeRO-2 and ZeRO-3 against ZeRO-1 on 2 processes: DeepSpeed's
   extra work per micro-batch (gradient hooks and bucket copies; ZeRO-3's fetch and release hooks
   and gathers), less the α–β traffic the time model charges anyway, per parameter tensor.
@@ -23,6 +23,8 @@ preset states from a datasheet, measured here with microbenchmarks that run no t
 Every measurement is the fastest of several chunks of work lasting ~0.1 s or more (the least
 disturbed by other jobs on a shared machine, as timeit advises), the model's forward + backward
 ~0.5 s, about a step; benchmarks/planner_accuracy.py takes the fastest training steps likewise.
+The all-reduces, noisier than the rest with four processes on two cores, are then the median of
+three such measurements per size.
 
 Imports torch, unlike the rest of the planner: benchmarks/planner_accuracy.py runs it; the planner
 reads only the resulting numbers (`CpuCalibration.cluster`, `.settings`).
@@ -371,6 +373,10 @@ def all_reduce_alpha_beta(
     gave 669-1556 µs (planner_accuracy_2026-12-01_cpu-2core_sweep-medians). Slow and fast
     sweeps came mixed, not in stretches, so a median of sweeps narrows the spread rather than
     removing it."""
+    if sweeps < 1:
+        raise ValueError(
+            f"all_reduce_alpha_beta: sweeps={sweeps}; at least one sweep is needed to fit α and β"
+        )
     group = own_group(size)
     measured = []
     for _ in range(sweeps):
@@ -391,6 +397,8 @@ def median_points(sweeps: list[tuple[tuple[int, float], ...]]) -> list[tuple[int
     """Per size, the median of the sweeps' (bytes, seconds) (the upper of the middle two for an
     even count, so that every point is one that was measured); the sweeps list the same sizes in
     the same order."""
+    if not sweeps:
+        raise ValueError("median_points: no sweeps to take medians of")
     sizes = [nbytes for nbytes, _ in sweeps[0]]
     if any([nbytes for nbytes, _ in sweep] != sizes for sweep in sweeps):
         raise ValueError(f"sweeps over different sizes cannot be combined: {sweeps}")

@@ -13,7 +13,13 @@ import subprocess
 
 import pytest
 
-from integration.planner.calibrate import ALL_REDUCE_SIZES, Collective, CpuCalibration, engine_slowdowns
+from integration.planner.calibrate import (
+    ALL_REDUCE_SIZES,
+    Collective,
+    CpuCalibration,
+    engine_slowdowns,
+    ring_fit,
+)
 from tests.distributed.launch import ROOT, command
 
 PROBE = ROOT / "tests" / "distributed" / "scripts" / "calibrate_world_probe.py"
@@ -71,6 +77,7 @@ def test_the_result_is_what_cpu_calibration_reads(calibrated, typed_config):
         timed = sorted(sweep[i][1] for sweep in pair.sweeps)
         assert [sweep[i][0] for sweep in pair.sweeps] == [nbytes] * 3
         assert seconds == timed[1]
+    assert (pair.latency_s, pair.bandwidth) == pytest.approx(ring_fit(2, list(pair.points)))
     assert calibration.cluster(typed_config([]).cluster, "fp32", 4, processes=2).intra_node_latency_us == (
         pytest.approx(calibration.collective(2, 2).latency_s * 1e6)
     )
