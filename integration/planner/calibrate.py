@@ -373,10 +373,6 @@ def all_reduce_alpha_beta(
     gave 669-1556 µs (planner_accuracy_2026-12-01_cpu-2core_sweep-medians). Slow and fast
     sweeps came mixed, not in stretches, so a median of sweeps narrows the spread rather than
     removing it."""
-    if sweeps < 1:
-        raise ValueError(
-            f"all_reduce_alpha_beta: sweeps={sweeps}; at least one sweep is needed to fit α and β"
-        )
     group = own_group(size)
     measured = []
     for _ in range(sweeps):
