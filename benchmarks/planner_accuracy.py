@@ -116,6 +116,7 @@ ACTIVATION_CASES = [
      "overrides": ["model.qk_layernorm=true"]},
 ]  # fmt: skip
 GOAL = 0.10
+MIN_SCORED = 8  # layouts the step-time goals need (the issue: "over >= 8 layouts")
 
 
 def parse_args() -> argparse.Namespace:
@@ -521,7 +522,9 @@ def run_time(rounds: int, steps: int, names: list[str] | None) -> dict:
                     "fastest_own_step_time": fastest_own,
                 }
             )
-    return {**summarize(per_round, [name for name, _, _ in layouts]), "layouts": layouts}
+    names = [name for name, _, _ in layouts]
+    processes = {name: count for name, count, _ in layouts}
+    return {**summarize(per_round, names, processes), "layouts": layouts}
 
 
 def replay(path: Path, names: list[str] | None = None, cpu_count: int | None = None) -> dict:
@@ -568,7 +571,8 @@ def replay(path: Path, names: list[str] | None = None, cpu_count: int | None = N
     per_round = [
         {**r, "predicted": {n: predict(r["calibration"], *layouts[n]) for n in kept}} for r in rounds
     ]
-    return {**summarize(per_round, kept), "layouts": [[n, *layouts[n]] for n in kept]}
+    processes = {n: layouts[n][0] for n in kept}
+    return {**summarize(per_round, kept, processes), "layouts": [[n, *layouts[n]] for n in kept]}
 
 
 def fastest_window(times: list[float], width: int) -> float:
@@ -598,24 +602,42 @@ def discordant_pairs(measured: dict, predicted: dict, names: list[str]) -> list[
     ]
 
 
-def summarize(per_round: list[dict], names: list[str]) -> dict:
-    """The rounds' medians, errors and goals, and the table (B)."""
+def scored_layouts(names: list[str], processes: dict[str, int], cores: int) -> list[str]:
+    """The layouts the goals are judged on: those with a core per process. On a cluster every rank
+    has a GPU of its own; a layout with more processes than the machine has cores measures how the
+    OS shares a core between ranks, and rank 0's step intervals then jitter (a late wake-up makes
+    one step long and the next short: dp4's fastest step was 0.66 of its median over the 36
+    rounds of 2026-12-01, the others' 0.91-0.96). Every layout where the cores are not known."""
+    if not cores:
+        return list(names)
+    return [n for n in names if processes[n] <= cores]
+
+
+def summarize(per_round: list[dict], names: list[str], processes: dict[str, int] | None = None) -> dict:
+    """The rounds' medians, errors and goals, and the table (B). The goals are judged on the
+    layouts with a core per process (scored_layouts; all where `processes` or the calibration's
+    cpu_count is not given); the rest are shown, and scored apart."""
     measured = {n: statistics.median(r["measured"][n] for r in per_round) for n in names}
     typical = {n: statistics.median(r["median"][n] for r in per_round) for n in names}
     predicted = {n: statistics.median(r["predicted"][n] for r in per_round) for n in names}
     errors = {n: predicted[n] / measured[n] - 1 for n in names}
-    mape = statistics.fmean(abs(e) for e in errors.values())
-    mape_typical = statistics.fmean(abs(predicted[n] / typical[n] - 1) for n in names)
+    cores = per_round[0]["calibration"].get("cpu_count", 0)
+    scored = scored_layouts(names, processes, cores) if processes else list(names)
+    unscored = [n for n in names if n not in scored]
+    mape = statistics.fmean(abs(errors[n]) for n in scored)
+    mape_typical = statistics.fmean(abs(predicted[n] / typical[n] - 1) for n in scored)
     windowed = {
         n: statistics.median(fastest_window(r["step_times"][n], WINDOW) for r in per_round) for n in names
     }
-    window_errors = {n: predicted[n] / windowed[n] - 1 for n in names}
+    window_errors = {n: predicted[n] / windowed[n] - 1 for n in scored}
     mape_window = statistics.fmean(abs(e) for e in window_errors.values())
-    pairs = list(combinations(names, 2))
+    pairs = list(combinations(scored, 2))
     concordant = [(a, b) for a, b in pairs if (measured[a] - measured[b]) * (predicted[a] - predicted[b]) > 0]
-    clear = clear_pairs(measured, names)
-    clear_discordant = discordant_pairs(measured, predicted, names)
-    rho = spearman([measured[n] for n in names], [predicted[n] for n in names])
+    clear = clear_pairs(measured, scored)
+    clear_discordant = discordant_pairs(measured, predicted, scored)
+    rho = spearman([measured[n] for n in scored], [predicted[n] for n in scored])
+    every_mape = statistics.fmean(abs(e) for e in errors.values())
+    every_discordant = discordant_pairs(measured, predicted, names)
     c = CpuCalibrationView(per_round[0]["calibration"])
     measure = per_round[0].get("measure", "step_time")  # files before MEASURE was stored
     lines = [
@@ -628,13 +650,23 @@ def summarize(per_round: list[dict], names: list[str]) -> dict:
     ]
     for n in names:
         rounds_text = "  ".join(f"{r['measured'][n]:.3f}/{r['predicted'][n]:.3f}" for r in per_round)
+        shown = f"{n} *" if n in unscored else n
         lines.append(
-            f"  {n:<24}{measured[n]:>11.3f}{predicted[n]:>12.3f}{errors[n]:>+9.1%}{typical[n]:>15.3f}   "
+            f"  {shown:<24}{measured[n]:>11.3f}{predicted[n]:>12.3f}{errors[n]:>+9.1%}{typical[n]:>15.3f}   "
             f"{rounds_text}"
         )
-    ok_mape = mape <= GOAL
-    ok_rank = not clear_discordant
+    enough = len(scored) >= MIN_SCORED
+    ok_mape = mape <= GOAL and enough
+    ok_rank = not clear_discordant and enough
+    if unscored:
+        lines.append(
+            f"  * more processes than the machine's {cores} cores: shown, and scored only in the line "
+            "'every layout' below"
+        )
     lines += [
+        f"  goals over the {len(scored)} layouts with a core per process (at least {MIN_SCORED} needed"
+        + ("" if enough else ": too few, FAIL")
+        + "):",
         f"  MAPE {mape:.1%}   goal <= {GOAL:.0%}   {'PASS' if ok_mape else 'FAIL'}   (against the median "
         f"steps instead: {mape_typical:.1%})",
         f"  ranking: Spearman rho {rho:.3f}; {len(concordant)}/{len(pairs)} pairs ordered alike; of the "
@@ -642,15 +674,22 @@ def summarize(per_round: list[dict], names: list[str]) -> dict:
         f"{'PASS' if ok_rank else 'FAIL'}"
         + (f" ({', '.join(f'{a} / {b}' for a, b in clear_discordant)})" if clear_discordant else ""),
         f"  measured instead as the fastest mean of {WINDOW} consecutive steps: MAPE {mape_window:.1%}, "
-        f"of the {len(clear_pairs(windowed, names))} pairs measured >{GOAL:.0%} apart "
-        f"{len(discordant_pairs(windowed, predicted, names))} ordered differently; errors",
+        f"of the {len(clear_pairs(windowed, scored))} pairs measured >{GOAL:.0%} apart "
+        f"{len(discordant_pairs(windowed, predicted, scored))} ordered differently; errors",
         "    " + ", ".join(f"{n} {e:+.1%}" for n, e in window_errors.items()),
     ]
+    if unscored:
+        lines.append(
+            f"  every layout ({len(names)}): MAPE {every_mape:.1%}; of the {len(clear_pairs(measured, names))} "
+            f"pairs measured >{GOAL:.0%} apart, {len(every_discordant)} ordered differently"
+            + (f" ({', '.join(f'{a} / {b}' for a, b in every_discordant)})" if every_discordant else "")
+        )
     return {
         "rounds": per_round,
         "measured": measured,
         "predicted": predicted,
         "errors": errors,
+        "scored": scored,
         "mape": mape,
         "mape_against_median_steps": mape_typical,
         "windowed": windowed,
@@ -660,6 +699,7 @@ def summarize(per_round: list[dict], names: list[str]) -> dict:
         "pairs_concordant": len(concordant),
         "pairs": len(pairs),
         "clear_pairs_discordant": clear_discordant,
+        "every_layout": {"mape": every_mape, "clear_pairs_discordant": every_discordant},
         "pass": ok_mape and ok_rank,
         "text": "\n".join(lines),
     }

@@ -1,0 +1,83 @@
+"""benchmarks/planner_accuracy.py's step-time verdict, on the rounds of a stored run: the goals are
+judged on the layouts with a core per process, the oversubscribed ones scored apart."""
+
+import copy
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STORED = ROOT / "benchmarks" / "results" / "planner_accuracy_2026-12-01_cpu-2core_sweep-medians.json"
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    spec = importlib.util.spec_from_file_location(
+        "planner_accuracy", ROOT / "benchmarks" / "planner_accuracy.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def stored():
+    time = json.loads(STORED.read_text())["time"]
+    names = [name for name, _, _ in time["layouts"]]
+    processes = {name: count for name, count, _ in time["layouts"]}
+    return time["rounds"], names, processes
+
+
+def with_cores(rounds: list[dict], cores: int) -> list[dict]:
+    rounds = copy.deepcopy(rounds)
+    for r in rounds:
+        r["calibration"]["cpu_count"] = cores
+    return rounds
+
+
+def test_two_cores_score_the_layouts_of_at_most_two_processes(accuracy, stored):
+    rounds, names, processes = stored
+    assert rounds[0]["calibration"]["cpu_count"] == 2
+    result = accuracy.summarize(rounds, names, processes)
+
+    assert result["scored"] == [n for n in names if n not in ("tp2 pp2", "dp4 z1")]
+    median = {n: statistics.median(r["measured"][n] for r in rounds) for n in names}
+    predicted = {n: statistics.median(r["predicted"][n] for r in rounds) for n in names}
+    errors = {n: abs(predicted[n] / median[n] - 1) for n in names}
+    assert result["mape"] == pytest.approx(statistics.fmean(errors[n] for n in result["scored"]))
+    assert result["every_layout"]["mape"] == pytest.approx(statistics.fmean(errors.values()))
+    # This run's DP4 fastest steps were short (0.367 s against medians ~0.64 s): the three pairs
+    # it misorders count in the every-layout line, not in the verdict.
+    assert result["every_layout"]["clear_pairs_discordant"] == [
+        ("dp2 z0", "dp4 z1"),
+        ("dp2 z1", "dp4 z1"),
+        ("dp2 z1 mbs4", "dp4 z1"),
+    ]
+    assert result["clear_pairs_discordant"] == []
+    assert result["pass"] == (result["mape"] <= accuracy.GOAL)
+    assert "dp4 z1 *" in result["text"]
+    assert "every layout (12)" in result["text"]
+
+
+def test_unknown_cores_score_every_layout(accuracy, stored):
+    rounds, names, processes = stored
+    result = accuracy.summarize(with_cores(rounds, 0), names, processes)
+    assert result["scored"] == names
+    assert ("dp2 z1", "dp4 z1") in result["clear_pairs_discordant"]
+    assert not result["pass"]
+    assert "every layout" not in result["text"]
+
+
+def test_fewer_than_eight_scored_layouts_fail_even_when_exact(accuracy, stored):
+    rounds, names, processes = stored
+    exact = with_cores(rounds, 1)
+    for r in exact:
+        r["predicted"] = dict(r["measured"])
+    result = accuracy.summarize(exact, names, processes)
+    assert result["scored"] == ["single mbs2", "single mbs8", "single full-recompute"]
+    assert result["mape"] == pytest.approx(0.0)
+    assert not result["pass"]
+    assert "too few, FAIL" in result["text"]
