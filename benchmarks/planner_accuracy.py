@@ -616,9 +616,9 @@ def scored_layouts(names: list[str], processes: dict[str, int], cores: int) -> l
     """The layouts the goals are judged on: those with a core per process. On a cluster every rank
     has a GPU of its own; a layout with more processes than the machine has cores measures how the
     OS shares a core between ranks, and rank 0's step intervals then jitter (a late wake-up makes
-    one step long and the next short: over the 36 rounds of 2026-12-01 the median of dp4's
-    fastest/median step was 0.66, the other layouts' 0.91-0.96). Every layout where the cores
-    are not known (0)."""
+    one step long and the next short: over the 36 rounds of 2026-12-01 before this rule the median
+    of dp4's fastest/median step was 0.66, the other layouts' 0.91-0.96). Every layout where the
+    cores are not known (0)."""
     if not cores:
         return list(names)
     return [n for n in names if processes[n] <= cores]
@@ -707,6 +707,10 @@ def summarize(per_round: list[dict], names: list[str], processes: dict[str, int]
             f"pairs measured >{GOAL:.0%} apart, {len(every_discordant)} ordered differently"
             + (f" ({', '.join(f'{a} / {b}' for a, b in every_discordant)})" if every_discordant else "")
         )
+
+    def figure(value: float) -> float | None:
+        return None if math.isnan(value) else value  # JSON has no NaN
+
     return {
         "rounds": per_round,
         "measured": measured,
@@ -715,12 +719,12 @@ def summarize(per_round: list[dict], names: list[str], processes: dict[str, int]
         "cores": cores,
         "scored": scored,
         "min_scored": MIN_SCORED,
-        "mape": mape,
-        "mape_against_median_steps": mape_typical,
+        "mape": figure(mape),
+        "mape_against_median_steps": figure(mape_typical),
         "windowed": windowed,
-        "mape_against_windows": mape_window,
+        "mape_against_windows": figure(mape_window),
         "median_steps": typical,
-        "spearman": rho,
+        "spearman": figure(rho),
         "pairs_concordant": len(concordant),
         "pairs": len(pairs),
         "clear_pairs_discordant": clear_discordant,

@@ -89,12 +89,14 @@ def test_fewer_than_eight_scored_layouts_fail_even_when_exact(accuracy, stored):
     assert "too few, FAIL" in result["text"]
 
 
-def test_eight_scored_layouts_are_enough(accuracy, stored):
+@pytest.mark.parametrize("left_out, passes", [(("pp2", "tp2"), True), (("pp2", "tp2", "dp2 z3"), False)])
+def test_eight_scored_layouts_are_enough_seven_are_not(accuracy, stored, left_out, passes):
     rounds, names, processes = stored
-    kept = [n for n in names if n not in ("pp2", "tp2")]
+    kept = [n for n in names if n not in left_out]
     result = accuracy.summarize(exact(copy.deepcopy(rounds)), kept, processes)
-    assert len(result["scored"]) == accuracy.MIN_SCORED == 8
-    assert result["pass"] is True
+    assert accuracy.MIN_SCORED == 8
+    assert len(result["scored"]) == 10 - len(left_out)
+    assert result["pass"] is passes
 
 
 @pytest.mark.parametrize("kept", [["tp2 pp2", "dp4 z1"], ["single mbs2", "tp2 pp2"]])
@@ -106,3 +108,4 @@ def test_fewer_than_two_scored_layouts_are_reported_not_raised(accuracy, stored,
     assert "too few, FAIL" in result["text"]
     assert "tp2 pp2 *" in result["text"]
     assert result["every_layout"]["mape"] > 0
+    assert json.loads(json.dumps(result["spearman"])) is None  # not NaN, which JSON lacks
