@@ -657,6 +657,7 @@ def summarize(per_round: list[dict], names: list[str], processes: dict[str, int]
         else math.nan
     )
     every_mape = mean_abs(errors.values())
+    every_clear = clear_pairs(measured, names)
     every_discordant = discordant_pairs(measured, predicted, names)
     c = CpuCalibrationView(per_round[0]["calibration"])
     measure = per_round[0].get("measure", "step_time")  # files before MEASURE was stored
@@ -703,7 +704,7 @@ def summarize(per_round: list[dict], names: list[str], processes: dict[str, int]
     ]
     if unscored:
         lines.append(
-            f"  every layout ({len(names)}): MAPE {every_mape:.1%}; of the {len(clear_pairs(measured, names))} "
+            f"  every layout ({len(names)}): MAPE {every_mape:.1%}; of the {len(every_clear)} "
             f"pairs measured >{GOAL:.0%} apart, {len(every_discordant)} ordered differently"
             + (f" ({', '.join(f'{a} / {b}' for a, b in every_discordant)})" if every_discordant else "")
         )
@@ -729,10 +730,10 @@ def summarize(per_round: list[dict], names: list[str], processes: dict[str, int]
         "pairs": len(pairs),
         "clear_pairs_discordant": clear_discordant,
         "every_layout": {
-            "mape": every_mape,
-            "clear_pairs": len(clear_pairs(measured, names)),
+            "mape": figure(every_mape),
+            "clear_pairs": len(every_clear),
             "clear_pairs_discordant": every_discordant,
-            "mape_against_windows": mean_abs(window_errors.values()),
+            "mape_against_windows": figure(mean_abs(window_errors.values())),
         },
         "pass": ok_mape and ok_rank,
         "text": "\n".join(lines),
