@@ -295,9 +295,10 @@ def engine_micro_batch(
 ):
     """Our DeepSpeed engine over the model on one process of a `world`-process data-parallel
     group (ZeRO 0 unless told: its own copy; one micro-batch per step, or inside an endless
-    accumulation window so no rank communicates): (engine, micro_batch(b) running one forward + backward of b samples,
-    FLOPs per sample without recompute, parameters). `overrides` change the model (e.g.
-    model.recompute_granularity=full). Model parallel groups of `world` must be initialised."""
+    accumulation window so no rank communicates): (engine, micro_batch(b) running one forward +
+    backward of b samples, FLOPs per sample without recompute, parameters). `overrides` change the
+    model (e.g. model.recompute_granularity=full); the ZeRO stage and batch sizes stay this
+    function's. Model parallel groups of `world` must be initialised."""
     import torch
 
     from integration.distributed import seed_everything
@@ -316,10 +317,10 @@ def engine_micro_batch(
         [
             *MODEL,
             *RUN,
+            *overrides,
             f"parallel.zero_stage={zero_stage}",
             "parallel.micro_batch_size=1",
             f"parallel.global_batch_size={batch}",
-            *overrides,
         ]
     )
     layout = Layout.derive(config.parallel, world)
