@@ -12,35 +12,39 @@ them alike), the fastest pass of each:
 - the calibration engine's forward + backward inside an accumulation window (as
   calibrate.model_pass runs it) at micro-batch 1 and 2, and at 2 with full recompute.
 Then, not interleaved: the optimizer step of the calibration's one-micro-batch engine as
-calibrate.optimizer_step_bytes_per_s times it, and the real step taken apart, a timer on each part
-(the fastest of each part over the passes, so their sum is no single step).
+calibrate.optimizer_step_bytes_per_s times it, and the real step taken apart: `train_step` itself,
+a timer around each thing it calls (the fastest of each part over the passes, so their sum is no
+single step).
 
-The planner charges a one-process step m × (host time + FLOPs / rate) + the optimizer step
-(timing.step_time); full recompute multiplies the layers' FLOPs by their recomputed forward
-(timing.hardware_flops_per_token) and the host time by 4/3. The calibration fits host time and
-rate over micro-batches 1, 2, 4 and 8; here the line goes through 1 and 2, so the plain charge is
-the measured micro-batch-2 pass itself and leaves out whatever that fit misses at 2. The real
-step is `train_step` alone; planner_accuracy.py scores `step_interval`, the whole loop, which ran
-within a millisecond of it for the one-process layouts in its results files. "charged / real − 1"
-is the error planner_accuracy.py would print for these layouts if the pieces it measures in other
-processes at other moments were these.
+The charge is the planner's own (cluster_fit.predicted_step → timing.step_time) on a one-process
+cluster whose facts come from these pieces: the FLOP rate and host time of the line through
+micro-batches 1 and 2, the optimizer step's bandwidth. The calibration fits that line over
+micro-batches 1, 2, 4 and 8 instead, so the plain charge here is the measured micro-batch-2 pass
+itself and leaves out whatever that fit misses at 2. The real step is `train_step` alone;
+planner_accuracy.py scores `step_interval`, the whole loop, which ran within a millisecond of it
+for the one-process layouts in its results files. "charged / real − 1" is the error
+planner_accuracy.py would print for these layouts if the pieces it measures in other processes at
+other moments were these.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import time
 
 import torch
 from planner_accuracy import MODEL, RUN, compose, engine_micro_batch, init_engine_world
 
-from integration.data import collate
+import integration.steps
+from integration.cluster_fit import predicted_step
 from integration.distributed import seed_everything
 from integration.plan import model_vocab_size
 from integration.planner.calibrate import best_seconds_interleaved, optimizer_step_bytes_per_s
+from integration.planner.settings import PlannerSettings
 from integration.planner.timing import OPTIMIZER_BYTES_PER_PARAM, hardware_flops_per_token
 from integration.steps import build_training_runner
-from integration.trainer import data_parallel_mean
 from integration.validate import validate
 
 RECOMPUTE_FULL = "model.recompute_granularity=full"
@@ -65,38 +69,81 @@ def training_runner(overrides: list[str], steps: int):
         offload=config.offload,
         comm=config.comm,
     )
-    return runner, layout
+    return runner, config, layout
+
+
+@contextlib.contextmanager
+def timed_calls(parts: dict[str, float], targets: dict[str, tuple[object, str]]):
+    """While inside: every call of getattr(owner, name) adds its seconds to parts[part], for each
+    part → (owner, name) in `targets`; the originals come back on leaving."""
+    originals = {part: getattr(owner, name) for part, (owner, name) in targets.items()}
+    # A method found on the class goes back to being found there, not pinned on the instance.
+    own = {part for part, (owner, name) in targets.items() if name in vars(owner)}
+
+    def timer(part: str, call):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                parts[part] += time.perf_counter() - start
+
+        return timed
+
+    for part, (owner, name) in targets.items():
+        setattr(owner, name, timer(part, originals[part]))
+    try:
+        yield
+    finally:
+        for part, (owner, name) in targets.items():
+            if part in own:
+                setattr(owner, name, originals[part])
+            else:
+                delattr(owner, name)
 
 
 def parts_of_a_step(runner, step: int) -> dict[str, float]:
-    """DenseStep.train_step (integration/steps.py) with a timer on each part; it mirrors that
-    method, the stability gate left out (stability=off here), so keep the two alike."""
-    engine, m = runner.engine, runner.layout.gradient_accumulation_steps
+    """Seconds of one DenseStep.train_step and of what it calls: the batch, forward + masked loss,
+    backward, DeepSpeed's step (the optimizer, and the pre-clip gradient norm, at the last
+    micro-batch), the data-parallel loss mean; "rest" is the step less those."""
     parts = dict.fromkeys(
-        ["batch", "forward + loss", "backward", "loss mean", "optimizer step + gradient norm"], 0.0
+        ["batch", "forward + loss", "backward", "optimizer step + gradient norm", "loss mean"], 0.0
     )
-    clock = time.perf_counter()
-
-    def lap(part: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        parts[part] += now - clock
-        clock = now
-
-    for micro in range(m):
-        batch = collate(runner.datasets.train, runner.sampler.indices(step, micro), runner.device)
-        lap("batch")
-        loss = runner._loss(batch)
-        lap("forward + loss")
-        engine.backward(loss)
-        lap("backward")
-        if micro == m - 1:
-            data_parallel_mean(loss.detach())
-            lap("loss mean")
-        engine.step()  # DeepSpeed steps only at the last micro-batch
-        lap("optimizer step + gradient norm")
-    runner.grad_norm.read()
+    targets = {
+        "batch": (integration.steps, "collate"),
+        "forward + loss": (runner, "_loss"),
+        "backward": (runner.engine, "backward"),
+        "optimizer step + gradient norm": (runner.engine, "step"),
+        "loss mean": (integration.steps, "data_parallel_mean"),
+    }
+    with timed_calls(parts, targets):
+        start = time.perf_counter()
+        runner.train_step(step, step)
+        total = time.perf_counter() - start
+    parts["rest"] = total - sum(parts.values())
     return parts
+
+
+def planner_charge(config, layout, vocab: int, one: float, two: float, optimizer_rate: float):
+    """The planner's StepTime for this one-process layout on a cluster whose compute rate and host
+    time are the line through forward + backward at micro-batch 1 (`one` s) and b (`two` s), and
+    whose memory bandwidth is the optimizer step's, as CpuCalibration.cluster sets them."""
+    b = layout.micro_batch_size
+    host = max(0.0, (b * one - two) / (b - 1))
+    flops = hardware_flops_per_token(config.model, vocab, "none") * config.model.seq_length * b
+    cluster = dataclasses.replace(
+        config.cluster,
+        num_nodes=1,
+        gpus_per_node=1,
+        cores_per_node=1.0,
+        **{f"peak_tflops_{config.precision.dtype}": flops / (two - host) / 1e12},
+        gpu_memory_bandwidth_gb_per_s=optimizer_rate / 1e9,
+        host_overhead_per_layer_us=host / config.model.num_layers * 1e6,
+    )
+    charged = predicted_step(
+        dataclasses.replace(config, cluster=cluster), layout, settings=PlannerSettings(compute_efficiency=1.0)
+    )
+    return charged, host
 
 
 def main() -> None:
@@ -109,8 +156,8 @@ def main() -> None:
     # The plain runner steps once per pass plus a warm-up, then once per pass taken apart: its LR
     # schedule and data stay inside trainer.max_steps.
     steps = 2 * args.passes + 8
-    plain, layout = training_runner([], steps)
-    full, _ = training_runner([RECOMPUTE_FULL], steps)
+    plain, plain_config, layout = training_runner([], steps)
+    full, full_config, _ = training_runner([RECOMPUTE_FULL], steps)
     m, b = layout.gradient_accumulation_steps, layout.micro_batch_size
     _, accumulate, _, parameters = engine_micro_batch(1)
     _, accumulate_full, _, _ = engine_micro_batch(1, overrides=(RECOMPUTE_FULL,))
@@ -127,8 +174,8 @@ def main() -> None:
             "real step": lambda: real("plain", plain),
             "real step, full recompute": lambda: real("full", full),
             "forward + backward, mbs 1": lambda: accumulate(1),
-            "forward + backward, mbs 2": lambda: accumulate(b),
-            "forward + backward, full recompute, mbs 2": lambda: accumulate_full(b),
+            f"forward + backward, mbs {b}": lambda: accumulate(b),
+            f"forward + backward, full recompute, mbs {b}": lambda: accumulate_full(b),
         },
         passes=args.passes,
         calls=1,
@@ -140,17 +187,14 @@ def main() -> None:
         counters["plain"] += 1
 
     vocab = model_vocab_size(base.model, base.data.tokenizer, base.data.vocab_size)
-    one, two = best["forward + backward, mbs 1"], best["forward + backward, mbs 2"]
-    host = max(0.0, (b * one - two) / (b - 1))  # the intercept of the line through sizes 1 and b
+    one, two = best["forward + backward, mbs 1"], best[f"forward + backward, mbs {b}"]
+    optimizer_rate = optimizer_step_bytes_per_s(stepping, lambda: step_micro_batch(1), parameters)
+    charged, host = planner_charge(plain_config, layout, vocab, one, two, optimizer_rate)
+    charged_full, _ = planner_charge(full_config, layout, vocab, one, two, optimizer_rate)
     recompute_flops = hardware_flops_per_token(base.model, vocab, "full") / hardware_flops_per_token(
         base.model, vocab, "none"
     )
-    optimizer_rate = optimizer_step_bytes_per_s(stepping, lambda: step_micro_batch(1), parameters)
-    optimizer = parameters * OPTIMIZER_BYTES_PER_PARAM / optimizer_rate
-    charged = m * two + optimizer
-    charged_full_micro = (two - host) * recompute_flops + host * 4 / 3
-    charged_full = m * charged_full_micro + optimizer
-    measured_full_micro = best["forward + backward, full recompute, mbs 2"]
+    measured_full_micro = best[f"forward + backward, full recompute, mbs {b}"]
 
     print(f"one process, {m} micro-batches of {b} per step, fastest of {args.passes} interleaved passes")
     print(
@@ -158,12 +202,12 @@ def main() -> None:
         f"(host time {host * 1e3:.1f} ms)"
     )
     print(
-        f"  optimizer step {optimizer * 1e3:.1f} ms "
+        f"  optimizer step {charged.optimizer * 1e3:.1f} ms "
         f"({optimizer_rate / 1e9:.2f} GB/s at {OPTIMIZER_BYTES_PER_PARAM} B/parameter)"
     )
     for label, real_s, charged_s in (
-        ("real step", best["real step"], charged),
-        ("full recompute: real step", best["real step, full recompute"], charged_full),
+        ("real step", best["real step"], charged.total),
+        ("full recompute: real step", best["real step, full recompute"], charged_full.total),
     ):
         print(
             f"  {label} {real_s * 1e3:.1f} ms, charged {charged_s * 1e3:.1f} ms: real / charged "
@@ -171,10 +215,12 @@ def main() -> None:
         )
     print(
         f"  full recompute's forward + backward over plain, mbs {b}: measured {measured_full_micro / two:.3f}, "
-        f"charged {charged_full_micro / two:.3f} (FLOPs ×{recompute_flops:.3f}, host time ×4/3)"
+        f"charged {charged_full.compute / charged.compute:.3f} (FLOPs ×{recompute_flops:.3f}, host time ×4/3)"
     )
     total = sum(parts.values())
-    print(f"  the real step taken apart (fastest of each part, sum {total * 1e3:.1f} ms):")
+    print(
+        f"  the real step taken apart (fastest of each part, sum {total * 1e3:.1f} ms; rest: the step less its calls):"
+    )
     for part, seconds in parts.items():
         print(f"    {part:31s} {seconds * 1e3:7.1f} ms  {seconds / total:6.1%}")
 
