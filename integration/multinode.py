@@ -25,7 +25,8 @@ RUNNER_LAUNCHERS: dict[str, tuple[tuple[str, ...], str]] = {
     "pdsh": (("pdsh", "ssh"), "install pdsh and an ssh client (Debian: apt-get install pdsh openssh-client)"),
     "slurm": (
         ("srun", "sinfo"),
-        "launch from inside a Slurm allocation (salloc/sbatch), where srun is on PATH",
+        "launch from inside a Slurm allocation (salloc/sbatch), where srun is on PATH (Debian: apt-get install "
+        "slurm-client)",
     ),
     "openmpi": (("mpirun", "ompi_info"), "install Open MPI (Debian: apt-get install openmpi-bin)"),
     "mpich": (("mpirun",), "install MPICH (Debian: apt-get install mpich)"),
@@ -142,9 +143,13 @@ def parse_hostfile(text: str, source: str) -> list[Node]:
     return nodes
 
 
-def select_nodes(cluster: ClusterConfig, hostfile_text: str | None = None) -> list[Node]:
+def select_nodes(
+    cluster: ClusterConfig, hostfile_text: str | None = None, allocated_hosts: Sequence[str] = ()
+) -> list[Node]:
     """The first num_nodes hosts of cluster.hosts, else of the hostfile (whose text the caller read),
-    else this machine when the cluster is one node; each runs gpus_per_node processes."""
+    else, for the slurm launcher, of the Slurm allocation the launch runs in (`allocated_hosts`:
+    SLURM_JOB_NODELIST expanded), else this machine when the cluster is one node; each runs
+    gpus_per_node processes."""
     per_node = cluster.gpus_per_node
     if cluster.hosts:
         return [Node(host, per_node) for host in cluster.hosts[: cluster.num_nodes]]
@@ -170,11 +175,29 @@ def select_nodes(cluster: ClusterConfig, hostfile_text: str | None = None) -> li
         if problems:
             raise ConfigError(_joined(problems))
         return [Node(node.host, per_node) for node in listed[: cluster.num_nodes]]
+    slurm = cluster.launcher == "slurm"
+    if slurm and allocated_hosts:
+        # Even for one node: salloc runs the launch on the login host, which is not in the allocation.
+        if len(allocated_hosts) < cluster.num_nodes:
+            raise ConfigError(
+                f"cluster.num_nodes: {cluster.num_nodes}, but this Slurm allocation (SLURM_JOB_NODELIST) has "
+                f"{len(allocated_hosts)} node(s) {list(allocated_hosts)}; allocate {cluster.num_nodes} "
+                f"(salloc -N {cluster.num_nodes} --ntasks-per-node {per_node} ...) or set "
+                f"cluster.num_nodes={len(allocated_hosts)}"
+            )
+        return [Node(host, per_node) for host in allocated_hosts[: cluster.num_nodes]]
     if cluster.num_nodes == 1:
         return [Node(LOCAL_HOST, per_node)]
+    in_allocation = (
+        f", or launch inside a Slurm allocation of {cluster.num_nodes} nodes (salloc -N {cluster.num_nodes} "
+        f"--ntasks-per-node {per_node} python launch/launch.py ...), whose SLURM_JOB_NODELIST names them"
+        if slurm
+        else ""
+    )
     raise ConfigError(
         f"cluster.hosts: empty and cluster.hostfile not set, so the {cluster.num_nodes} nodes of cluster "
         f"{cluster.name!r} are unknown; set cluster.hosts=[node-0,node-1,...] or cluster.hostfile=/path/hostfile"
+        + in_allocation
     )
 
 
@@ -243,7 +266,7 @@ def runner_argv(
     argv = [python, "-u", "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile)]
     argv += ["--launcher", cluster.launcher, "--master_addr", master_address(cluster, nodes)]
     argv += ["--master_port", str(cluster.master_port)]
-    if cluster.ssh_port is not None:
+    if cluster.ssh_port is not None and cluster.launcher != "slurm":
         argv += ["--ssh_port", str(cluster.ssh_port)]
     if cluster.launcher == "pdsh":
         # The hostfile already holds exactly these; the MPI backends refuse both flags, and slurm
@@ -254,6 +277,20 @@ def runner_argv(
     elif len(nodes) == 1:
         argv.append("--force_multi")  # one listed host is reached through the launcher, not run here
     launcher_args = cluster.launcher_args
+    if cluster.launcher == "slurm" and not local:
+        # srun reaches the nodes through slurmd, not ssh: the runner's ssh check of the first host
+        # tests nothing srun needs, and fails where compute nodes refuse ssh. The runner asks srun
+        # only for -n TOTAL tasks, which Slurm may pack onto fewer nodes than planned, and anywhere
+        # in the allocation; --num_nodes becomes srun --nodes, and the rest pins gpus_per_node
+        # tasks (ranks in blocks, rank 0 on the first) to each chosen node.
+        argv += ["--num_nodes", str(len(nodes)), "--no_ssh_check"]
+        placement = {
+            ("--ntasks-per-node",): f"--ntasks-per-node={nodes[0].slots}",
+            ("--nodelist", "-w"): "--nodelist=" + ",".join(n.host for n in nodes),
+        }
+        given = shlex.split(launcher_args)
+        unset = [flag for names, flag in placement.items() if not any(a.startswith(names) for a in given)]
+        launcher_args = " ".join([launcher_args, *unset]).strip()
     # Open MPI's mpirun reaches the nodes over its own ssh, which --ssh_port does not reach.
     ssh_by_mpirun = cluster.launcher == "openmpi" and cluster.ssh_port is not None and not local
     if ssh_by_mpirun and "plm_rsh_args" not in launcher_args:
@@ -277,11 +314,12 @@ def plan_launch(
     hostfile_text_read: str | None = None,
     user_env_text: str = "",
     installed: Callable[[str], bool],
+    allocated_hosts: Sequence[str] = (),
 ) -> LaunchPlan:
-    """Check what only the launching machine can tell (the hostfile, the launcher's programs) and
-    build the launch. The config keys themselves were checked by integration.validate. Files go to
+    """Check what only the launching machine can tell (the hostfile, the Slurm allocation, the
+    launcher's programs) and build the launch. The config keys themselves were checked by integration.validate. Files go to
     `run_dir/launch/`, absolute because the runner and every node resolve them from elsewhere."""
-    nodes = select_nodes(cluster, hostfile_text_read)
+    nodes = select_nodes(cluster, hostfile_text_read, allocated_hosts)
     programs, how = RUNNER_LAUNCHERS[cluster.launcher]
     local = [n.host for n in nodes] == [LOCAL_HOST]
     problems = []

@@ -2,6 +2,7 @@
 
     python launch/launch.py cluster=aws_p4d_2node model=gpt_1p3b parallel=tp2_pp2
     python launch/launch.py cluster=h100_8x4 cluster.hosts=[a,b,c,d] model=gpt_1p3b --dry-run
+    salloc -N 2 --ntasks-per-node 8 python launch/launch.py cluster=slurm_a100_8x2 model=gpt_1p3b
 
 Composes conf/train.yaml exactly as launch/train.py does and validates it for the cluster's world
 size (num_nodes × gpus_per_node), so a bad layout stops here, before any node is touched. Then
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,6 +55,20 @@ def _user_env_text() -> str:
     return "".join(_read(str(Path(d) / name)) or "" for d in (Path.home(), Path.cwd()))
 
 
+def _slurm_allocation() -> list[str]:
+    """The nodes of the Slurm allocation this runs in (salloc/sbatch), in Slurm's order; none outside one."""
+    nodelist = os.environ.get("SLURM_JOB_NODELIST")
+    if not nodelist or shutil.which("scontrol") is None:
+        return []
+    expanded = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
+    if expanded.returncode != 0:
+        raise ConfigError(
+            f"environment: SLURM_JOB_NODELIST={nodelist!r} could not be expanded by `scontrol show hostnames` "
+            f"({expanded.stderr.strip()}); launch inside a working allocation or set cluster.hosts"
+        )
+    return expanded.stdout.split()
+
+
 def _write(plan: LaunchPlan) -> None:
     plan.hostfile.parent.mkdir(parents=True, exist_ok=True)
     plan.hostfile.write_text(plan.hostfile_text)
@@ -88,6 +104,7 @@ def main(cfg: DictConfig) -> None:
             hostfile_text_read=_read(cluster.hostfile),
             user_env_text=_user_env_text(),
             installed=lambda program: shutil.which(program) is not None,
+            allocated_hosts=_slurm_allocation() if cluster.launcher == "slurm" else (),
         )
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)

@@ -95,16 +95,17 @@ class ClusterConfig:
     (srun), openmpi, mpich, impi or mvapich."""
     hosts: list[str] = field(default_factory=list)
     """Node names or addresses, node 0 first; launch/launch.py writes the first num_nodes of them to
-    run.dir/launch/hostfile (`host slots=gpus_per_node`). Empty: cluster.hostfile, or this machine
-    when num_nodes is 1."""
+    run.dir/launch/hostfile (`host slots=gpus_per_node`). Empty: cluster.hostfile, else for
+    launcher slurm the nodes of the allocation launch.py runs in (SLURM_JOB_NODELIST), else this
+    machine when num_nodes is 1."""
     master_addr: str | None = None
     """Address at which every node reaches node 0 for the torch.distributed rendezvous
     (`deepspeed --master_addr`); None: the first host."""
     master_port: int = 29500
     """TCP port of that rendezvous (`deepspeed --master_port`; 29500 is the runner's default)."""
     ssh_port: int | None = None
-    """Port of sshd on every host (`deepspeed --ssh_port`: pdsh and the runner's ssh check); None:
-    ssh's own default (22, or ~/.ssh/config)."""
+    """Port of sshd on every host (`deepspeed --ssh_port`: pdsh, the runner's ssh check and Open MPI's
+    mpirun; slurm uses no ssh); None: ssh's own default (22, or ~/.ssh/config)."""
     launcher_args: str = ""
     """Extra arguments for the launcher program itself (`deepspeed --launcher_args`), e.g.
     "--partition gpu" for srun."""

@@ -1,8 +1,9 @@
 """Two hosts on one machine. `python launch/launch.py cluster=loopback_2node ...` writes the hostfile
 and the exported environment and runs the deepspeed runner, whose pdsh launcher (or, with
 cluster.launcher=openmpi, mpirun) reaches 127.0.0.1 and 127.0.0.2 over ssh (an sshd that
-scripts/test_hosts.sh installs and starts), 2 processes on each. The 2+2 run (TP2 × DP2) trains to
-the same losses as 4 processes on one host."""
+scripts/test_hosts.sh installs and starts), 2 processes on each; with cluster.launcher=slurm,
+inside `salloc`, srun starts them on the two slurmd nodes of scripts/test_slurm.sh. Each 2+2 run
+(TP2 × DP2) trains to the same losses as 4 processes on one host."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import pytest
 from tests.distributed.launch import COMMON, ROOT, Run, assert_same_curve, free_port, train
 
 SCRIPT = ROOT / "scripts" / "test_hosts.sh"
+SLURM_SCRIPT = ROOT / "scripts" / "test_slurm.sh"
+SLURM_NODES = ("hs-node1", "hs-node2")
 LAYOUT = ["parallel=tp2"]  # 4 processes: tp 2 × dp 2
 
 
@@ -39,18 +42,37 @@ def test_hosts():
 
 
 @pytest.fixture(scope="module")
+def slurm_cluster():
+    """slurmctld and two slurmds (hs-node1 on 127.0.0.1, hs-node2 on 127.0.0.2): their slurm.conf;
+    stopped, with any job still running, afterwards. No Slurm is no test: it fails, it does not skip."""
+    port = free_port()  # slurmctld's; the slurmds take the next two
+    started = subprocess.run(
+        ["bash", str(SLURM_SCRIPT), "start", str(port)], capture_output=True, text=True, timeout=900
+    )
+    if started.returncode != 0:
+        pytest.fail(f"scripts/test_slurm.sh could not provide the two Slurm nodes:\n{started.stderr[-3000:]}")
+    try:
+        yield Path(started.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run(["bash", str(SLURM_SCRIPT), "stop", str(port)], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
 def one_host(tmp_path_factory) -> Run:
     """The reference: the same layout as 4 processes on this host (torchrun)."""
     return train(tmp_path_factory.mktemp("one_host"), COMMON + LAYOUT, nprocs=4, timeout=600)
 
 
-def launch(run_dir: Path, overrides: list[str], timeout: float = 900, env: dict | None = None) -> Run:
-    """launch/launch.py as a user types it. On a timeout the whole process group is killed by id
-    (the runner's own SIGTERM handler would `pkill -f` every deepspeed launcher on the machine); the
-    remote ranks go with the sshd sessions when the fixture stops it."""
+def launch(
+    run_dir: Path, overrides: list[str], timeout: float = 900, env: dict | None = None, prefix: tuple = ()
+) -> Run:
+    """launch/launch.py as a user types it (after `prefix`, e.g. salloc). On a timeout the whole
+    process group is killed by id (the runner's own SIGTERM handler would `pkill -f` every deepspeed
+    launcher on the machine); the remote ranks go with the sshd sessions or Slurm jobs when the
+    fixture stops them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | (env or {})
     env["OMP_NUM_THREADS"] = "1"
-    args = [sys.executable, str(ROOT / "launch" / "launch.py"), *overrides, f"run.dir={run_dir}"]
+    args = [*prefix, sys.executable, str(ROOT / "launch" / "launch.py"), *overrides, f"run.dir={run_dir}"]
     proc = subprocess.Popen(
         args,
         cwd=ROOT,
@@ -177,4 +199,55 @@ def test_two_hosts_through_mpirun_train_like_one_host_with_four_processes(test_h
 
     assert_same_curve(two_hosts.losses, one_host.losses)
     norms = [r["grad_norm"] for r in two_hosts.train_rows]
+    assert norms == pytest.approx([r["grad_norm"] for r in one_host.train_rows], rel=1e-3)
+
+
+def test_two_slurm_nodes_through_srun_train_like_one_host_with_four_processes(
+    slurm_cluster, one_host, tmp_path
+):
+    """cluster.launcher=slurm as a user runs it on a Slurm cluster: launch.py inside
+    `salloc -N 2 --ntasks-per-node 2` takes the nodes from the allocation, and the runner's srun
+    starts launch/train.py on both slurmd nodes, 2 tasks each; every rank finds its rank in
+    SLURM_PROCID/SLURM_LOCALID/SLURM_STEP_NUM_TASKS and the rendezvous address in the exports."""
+    master_port = free_port()
+    logs = {node: slurm_cluster.parent / f"slurmd-{node}.log" for node in SLURM_NODES}
+    logs_before = {node: len(log.read_text()) for node, log in logs.items()}
+    two_nodes = launch(
+        tmp_path / "slurm",
+        COMMON
+        + LAYOUT
+        + [
+            "cluster=loopback_2node",
+            "cluster.launcher=slurm",
+            "cluster.hosts=[]",  # the allocation's nodes, not the ssh hosts
+            "cluster.master_addr=127.0.0.1",  # hs-node1's address (its name resolves nowhere)
+            f"cluster.master_port={master_port}",
+            "trainer.progress=false",
+        ],
+        env={"SLURM_CONF": str(slurm_cluster)},
+        prefix=("salloc", "-N", "2", "--ntasks-per-node", "2"),
+    )
+    out = two_nodes.output
+    job = re.search(r"salloc: Granted job allocation (\d+)", out)
+    assert job is not None, out[-6000:]
+
+    launch_dir = two_nodes.run_dir / "launch"
+    assert (launch_dir / "hostfile").read_text() == "hs-node1 slots=2\nhs-node2 slots=2\n"
+    assert f"MASTER_ADDR=127.0.0.1\nMASTER_PORT={master_port}\n" in (launch_dir / "deepspeed_env").read_text()
+    srun_line = next(line for line in out.splitlines() if "cmd = srun" in line)
+    assert (
+        "cmd = srun -n 4 --ntasks-per-node=2 --nodelist=hs-node1,hs-node2 --nodes 2 --export=ALL,"
+        in srun_line
+    )
+    assert f",MASTER_ADDR=127.0.0.1,MASTER_PORT={master_port} " in srun_line
+    assert f"{sys.executable} -u {ROOT / 'launch' / 'train.py'} " in srun_line
+    assert "deepspeed.launcher.launch" not in out  # no RANK/LOCAL_RANK from DeepSpeed's launcher
+
+    # Each slurmd started its share of the job's one step.
+    for node, log in logs.items():
+        text = log.read_text()[logs_before[node] :]
+        assert f"launch task StepId={job.group(1)}.0 request" in text, (node, text[-3000:])
+
+    assert_same_curve(two_nodes.losses, one_host.losses)
+    norms = [r["grad_norm"] for r in two_nodes.train_rows]
     assert norms == pytest.approx([r["grad_norm"] for r in one_host.train_rows], rel=1e-3)

@@ -194,6 +194,52 @@ def test_launchers_that_start_the_script_get_the_rendezvous_address_exported(typ
         assert "plm_rsh_args -p 2200" in command
 
 
+def test_slurm_takes_the_nodes_of_its_allocation_and_pins_the_tasks_to_them(typed_config):
+    """Inside salloc/sbatch the nodes are the allocation's. srun starts every task itself (no ssh, so
+    no ssh check or port), on exactly the chosen nodes, gpus_per_node to each: rank 0 on the first,
+    where MASTER_ADDR points."""
+    cluster = typed_config(["cluster=slurm_a100_8x2", "cluster.ssh_port=2200"]).cluster
+    launch = plan(cluster, allocated_hosts=["gpu-a17", "gpu-a18", "gpu-b02"])
+    assert launch.hostfile_text == "gpu-a17 slots=8\ngpu-a18 slots=8\n"
+    args = runner_args(launch.argv)
+    assert (args.launcher, args.num_nodes, args.num_gpus, args.ssh_port) == ("slurm", 2, -1, None)
+    assert args.no_ssh_check and not args.force_multi
+    assert args.launcher_args == "--ntasks-per-node=8 --nodelist=gpu-a17,gpu-a18"
+    assert "MASTER_ADDR=gpu-a17\n" in launch.env_text
+    backend = runner.LAUNCHER_CLASSES["slurm"](args, "", {n.host: n.slots for n in launch.nodes})
+    command = backend.get_cmd({}, {n.host: list(range(n.slots)) for n in launch.nodes})
+    assert command[:6] == ["srun", "-n", "16", "--ntasks-per-node=8", "--nodelist=gpu-a17,gpu-a18", "--nodes"]
+    assert command[6] == "2"
+
+    # A one-node run in an allocation still goes through srun: salloc runs launch.py on the login host.
+    one = typed_config(["cluster=slurm_a100_8x2", "cluster.num_nodes=1"]).cluster
+    args = runner_args(plan(one, allocated_hosts=["gpu-a17"]).argv)
+    assert args.force_multi and args.launcher_args == "--ntasks-per-node=8 --nodelist=gpu-a17"
+
+    # Placement the user gave in launcher_args is kept, not doubled; named hosts win over the allocation.
+    given = typed_config(
+        ["cluster=slurm_a100_8x2", "cluster.hosts=[n1,n2]", "cluster.launcher_args='-p gpu -w n1,n2'"]
+    ).cluster
+    args = runner_args(plan(given, allocated_hosts=["gpu-a17", "gpu-a18"]).argv)
+    assert args.launcher_args == "-p gpu -w n1,n2 --ntasks-per-node=8"
+
+
+def test_a_slurm_allocation_too_small_or_missing_is_refused_with_the_fix(typed_config):
+    cluster = typed_config(["cluster=slurm_a100_8x2"]).cluster
+    with pytest.raises(
+        ConfigError,
+        match=r"cluster\.num_nodes: 2, but this Slurm allocation \(SLURM_JOB_NODELIST\) has 1 node\(s\) "
+        r"\['gpu-a17'\]; allocate 2 \(salloc -N 2 --ntasks-per-node 8 \.\.\.\) or set cluster\.num_nodes=1",
+    ):
+        select_nodes(cluster, allocated_hosts=["gpu-a17"])
+    with pytest.raises(ConfigError, match=r"or launch inside a Slurm allocation of 2 nodes \(salloc -N 2"):
+        select_nodes(cluster)
+    # Other launchers do not read the allocation.
+    pdsh = typed_config(["cluster=slurm_a100_8x2", "cluster.launcher=pdsh"]).cluster
+    with pytest.raises(ConfigError, match=r"are unknown; set cluster\.hosts=\S+ or cluster\.hostfile=\S+$"):
+        select_nodes(pdsh, allocated_hosts=["gpu-a17", "gpu-a18"])
+
+
 def test_pdsh_gets_the_rendezvous_address_as_arguments_not_exports(typed_config):
     launch = plan(typed_config(["cluster=loopback_2node"]).cluster)
     assert "MASTER_ADDR" not in launch.env_text
