@@ -150,48 +150,19 @@ def select_nodes(
     else, for the slurm launcher, of the Slurm allocation the launch runs in (`allocated_hosts`:
     SLURM_JOB_NODELIST expanded), else this machine when the cluster is one node; each runs
     gpus_per_node processes."""
-    per_node = cluster.gpus_per_node
-    if cluster.hosts:
-        return [Node(host, per_node) for host in cluster.hosts[: cluster.num_nodes]]
-    if cluster.hostfile is not None:
-        if hostfile_text is None:
-            raise ConfigError(
-                f"cluster.hostfile: {cluster.hostfile} does not exist on this machine; write it (lines "
-                "`host slots=N`) or list the nodes with cluster.hosts=[node-0,node-1] cluster.hostfile=null"
-            )
-        listed = parse_hostfile(hostfile_text, cluster.hostfile)
-        problems = []
-        if len(listed) < cluster.num_nodes:
-            problems.append(
-                f"cluster.hostfile: {cluster.hostfile} lists {len(listed)} host(s) but cluster.num_nodes is "
-                f"{cluster.num_nodes}; add hosts or set cluster.num_nodes={len(listed)}"
-            )
-        for node in listed[: cluster.num_nodes]:
-            if node.slots < per_node:
-                problems.append(
-                    f"cluster.hostfile: {node.host} has slots={node.slots} in {cluster.hostfile}, fewer than "
-                    f"cluster.gpus_per_node({per_node}); set cluster.gpus_per_node={node.slots} or fix the file"
-                )
-        if problems:
-            raise ConfigError(_joined(problems))
-        return [Node(node.host, per_node) for node in listed[: cluster.num_nodes]]
-    slurm = cluster.launcher == "slurm"
-    if slurm and allocated_hosts:
+    listed = _listed_nodes(cluster, hostfile_text)
+    if cluster.launcher == "slurm" and allocated_hosts:
         # Even for one node: salloc runs the launch on the login host, which is not in the allocation.
-        if len(allocated_hosts) < cluster.num_nodes:
-            raise ConfigError(
-                f"cluster.num_nodes: {cluster.num_nodes}, but this Slurm allocation (SLURM_JOB_NODELIST) has "
-                f"{len(allocated_hosts)} node(s) {list(allocated_hosts)}; allocate {cluster.num_nodes} "
-                f"(salloc -N {cluster.num_nodes} --ntasks-per-node {per_node} ...) or set "
-                f"cluster.num_nodes={len(allocated_hosts)}"
-            )
-        return [Node(host, per_node) for host in allocated_hosts[: cluster.num_nodes]]
+        return _in_allocation_order(cluster, listed, list(allocated_hosts))
+    if listed is not None:
+        return listed
     if cluster.num_nodes == 1:
-        return [Node(LOCAL_HOST, per_node)]
+        return [Node(LOCAL_HOST, cluster.gpus_per_node)]
     in_allocation = (
         f", or launch inside a Slurm allocation of {cluster.num_nodes} nodes (salloc -N {cluster.num_nodes} "
-        f"--ntasks-per-node {per_node} python launch/launch.py ...), whose SLURM_JOB_NODELIST names them"
-        if slurm
+        f"--ntasks-per-node {cluster.gpus_per_node} python launch/launch.py ...), whose SLURM_JOB_NODELIST "
+        "names them"
+        if cluster.launcher == "slurm"
         else ""
     )
     raise ConfigError(
@@ -199,6 +170,64 @@ def select_nodes(
         f"{cluster.name!r} are unknown; set cluster.hosts=[node-0,node-1,...] or cluster.hostfile=/path/hostfile"
         + in_allocation
     )
+
+
+def _listed_nodes(cluster: ClusterConfig, hostfile_text: str | None) -> list[Node] | None:
+    """The nodes cluster.hosts or cluster.hostfile name; None when neither is set."""
+    per_node = cluster.gpus_per_node
+    if cluster.hosts:
+        return [Node(host, per_node) for host in cluster.hosts[: cluster.num_nodes]]
+    if cluster.hostfile is None:
+        return None
+    if hostfile_text is None:
+        raise ConfigError(
+            f"cluster.hostfile: {cluster.hostfile} does not exist on this machine; write it (lines "
+            "`host slots=N`) or list the nodes with cluster.hosts=[node-0,node-1] cluster.hostfile=null"
+        )
+    listed = parse_hostfile(hostfile_text, cluster.hostfile)
+    problems = []
+    if len(listed) < cluster.num_nodes:
+        problems.append(
+            f"cluster.hostfile: {cluster.hostfile} lists {len(listed)} host(s) but cluster.num_nodes is "
+            f"{cluster.num_nodes}; add hosts or set cluster.num_nodes={len(listed)}"
+        )
+    for node in listed[: cluster.num_nodes]:
+        if node.slots < per_node:
+            problems.append(
+                f"cluster.hostfile: {node.host} has slots={node.slots} in {cluster.hostfile}, fewer than "
+                f"cluster.gpus_per_node({per_node}); set cluster.gpus_per_node={node.slots} or fix the file"
+            )
+    if problems:
+        raise ConfigError(_joined(problems))
+    return [Node(node.host, per_node) for node in listed[: cluster.num_nodes]]
+
+
+def _in_allocation_order(
+    cluster: ClusterConfig, listed: list[Node] | None, allocated: list[str]
+) -> list[Node]:
+    """The nodes a srun step inside this allocation runs on, in the order it gives them ranks.
+
+    srun sorts the hosts of --nodelist into the allocation's order and hands out tasks in blocks in
+    that order, so rank 0 (where MASTER_ADDR must point) runs on the first of them in the allocation,
+    not on the first one listed."""
+    if listed is None:
+        if len(allocated) < cluster.num_nodes:
+            raise ConfigError(
+                f"cluster.num_nodes: {cluster.num_nodes}, but this Slurm allocation (SLURM_JOB_NODELIST) has "
+                f"{len(allocated)} node(s) {allocated}; allocate {cluster.num_nodes} (salloc -N "
+                f"{cluster.num_nodes} --ntasks-per-node {cluster.gpus_per_node} ...) or set "
+                f"cluster.num_nodes={len(allocated)}"
+            )
+        return [Node(host, cluster.gpus_per_node) for host in allocated[: cluster.num_nodes]]
+    outside = [node.host for node in listed if node.host not in allocated]
+    if outside:
+        key = "cluster.hosts" if cluster.hosts else "cluster.hostfile"
+        raise ConfigError(
+            f"{key}: {outside} not in this Slurm allocation {allocated} (SLURM_JOB_NODELIST), and srun runs "
+            f"only on allocated nodes; name allocated nodes, or set cluster.hosts=[] cluster.hostfile=null to "
+            f"take the allocation's first {cluster.num_nodes}"
+        )
+    return sorted(listed, key=lambda node: allocated.index(node.host))
 
 
 def hostfile_text(nodes: Sequence[Node]) -> str:
@@ -386,6 +415,13 @@ def cluster_key_problems(cluster: ClusterConfig) -> list[str]:
         problems.append(
             f"cluster.hosts: {repeated} listed more than once; list each node once (processes per node "
             "come from cluster.gpus_per_node)"
+        )
+    try:
+        shlex.split(cluster.launcher_args)  # as the runner splits it for every launcher
+    except ValueError as err:
+        problems.append(
+            f"cluster.launcher_args: {cluster.launcher_args!r} does not split into arguments ({err}); close "
+            "the quote or drop it"
         )
     for key, port in (("cluster.master_port", cluster.master_port), ("cluster.ssh_port", cluster.ssh_port)):
         if port is not None and not 1 <= port <= 65535:

@@ -58,13 +58,25 @@ def _user_env_text() -> str:
 def _slurm_allocation() -> list[str]:
     """The nodes of the Slurm allocation this runs in (salloc/sbatch), in Slurm's order; none outside one."""
     nodelist = os.environ.get("SLURM_JOB_NODELIST")
-    if not nodelist or shutil.which("scontrol") is None:
+    if not nodelist:
         return []
-    expanded = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
-    if expanded.returncode != 0:
+    outside = "or, to launch outside the allocation, unset SLURM_JOB_NODELIST"
+    if shutil.which("scontrol") is None:
+        raise ConfigError(
+            f"environment: SLURM_JOB_NODELIST={nodelist!r} says this runs in a Slurm allocation, but scontrol, "
+            f"which names its nodes, is not on PATH; put Slurm's client tools on PATH (Debian: apt-get install "
+            f"slurm-client), {outside}"
+        )
+    try:
+        expanded = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        expanded = subprocess.CompletedProcess([], 1, "", "no answer in 60 s")
+    if expanded.returncode != 0 or not expanded.stdout.split():
         raise ConfigError(
             f"environment: SLURM_JOB_NODELIST={nodelist!r} could not be expanded by `scontrol show hostnames` "
-            f"({expanded.stderr.strip()}); launch inside a working allocation or set cluster.hosts"
+            f"({expanded.stderr.strip() or 'no nodes'}); launch inside a working allocation, {outside}"
         )
     return expanded.stdout.split()
 

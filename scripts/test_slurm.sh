@@ -108,20 +108,27 @@ stop() {
   for pidfile in "$STATE"/slurmctld.pid "$STATE"/slurmd-*.pid; do
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do ours "$pid" || break; sleep 0.1; done
+    if ours "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
     rm -f "$pidfile"
   done
+  return 0
+}
+
+ours() {  # pid: still one of the daemons started on this slurm.conf (a pid file can outlive its process)
+  tr '\0' ' ' 2>/dev/null < "/proc/$1/cmdline" | grep -qF -- "-f $CONF "
 }
 
 start() {
-  [ "$(id -u)" -eq 0 ] || die "runs slurmd, which starts jobs as their users, so it needs root"
+  [ "$(id -u)" -eq 0 ] || die "runs slurmd, which starts jobs as their users, so it needs root: sudo bash $0 start $PORT"
   mkdir -p "$STATE"
   install_missing
   start_munge
   stop
+  # From here a failure, expected or not (set -e), stops whatever this start got running.
+  trap 'status=$?; [ $status -eq 0 ] || stop; exit $status' EXIT
   rm -rf "$STATE/ctld" "$STATE/spool"
-  mkdir -p "$STATE/ctld" "$STATE/spool"
+  mkdir -p "$STATE/ctld" "${NODES[@]/#/$STATE/spool/}"
   write_conf
   : > "$STATE/slurmctld.log"
   # -c: a clean start, no jobs or node states kept from an earlier one on this port.
@@ -133,7 +140,8 @@ start() {
   done
   local states=""
   for _ in $(seq 150); do
-    states=$(SLURM_CONF="$CONF" sinfo -h -N -o '%N=%t' 2>/dev/null | sort -u | tr '\n' ' ')
+    # slurmctld may not listen yet: no answer is another try, not the end of the script.
+    states=$(SLURM_CONF="$CONF" timeout 5 sinfo -h -N -o '%N=%t' 2>/dev/null | sort -u | tr '\n' ' ') || true
     [ "$states" = "${NODES[0]}=idle ${NODES[1]}=idle " ] && { echo "$CONF"; return 0; }
     sleep 0.2
   done

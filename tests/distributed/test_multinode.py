@@ -46,12 +46,14 @@ def slurm_cluster():
     """slurmctld and two slurmds (hs-node1 on 127.0.0.1, hs-node2 on 127.0.0.2): their slurm.conf;
     stopped, with any job still running, afterwards. No Slurm is no test: it fails, it does not skip."""
     port = free_port()  # slurmctld's; the slurmds take the next two
-    started = subprocess.run(
-        ["bash", str(SLURM_SCRIPT), "start", str(port)], capture_output=True, text=True, timeout=900
-    )
-    if started.returncode != 0:
-        pytest.fail(f"scripts/test_slurm.sh could not provide the two Slurm nodes:\n{started.stderr[-3000:]}")
     try:
+        started = subprocess.run(
+            ["bash", str(SLURM_SCRIPT), "start", str(port)], capture_output=True, text=True, timeout=900
+        )
+        if started.returncode != 0:
+            pytest.fail(
+                f"scripts/test_slurm.sh could not provide the two Slurm nodes:\n{started.stderr[-3000:]}"
+            )
         yield Path(started.stdout.strip().splitlines()[-1])
     finally:
         subprocess.run(["bash", str(SLURM_SCRIPT), "stop", str(port)], capture_output=True, timeout=120)
@@ -220,7 +222,7 @@ def test_two_slurm_nodes_through_srun_train_like_one_host_with_four_processes(
             "cluster=loopback_2node",
             "cluster.launcher=slurm",
             "cluster.hosts=[]",  # the allocation's nodes, not the ssh hosts
-            "cluster.master_addr=127.0.0.1",  # hs-node1's address (its name resolves nowhere)
+            # the preset's cluster.master_addr, 127.0.0.1, is hs-node1's address (its name resolves nowhere)
             f"cluster.master_port={master_port}",
             "trainer.progress=false",
         ],
@@ -234,7 +236,8 @@ def test_two_slurm_nodes_through_srun_train_like_one_host_with_four_processes(
     launch_dir = two_nodes.run_dir / "launch"
     assert (launch_dir / "hostfile").read_text() == "hs-node1 slots=2\nhs-node2 slots=2\n"
     assert f"MASTER_ADDR=127.0.0.1\nMASTER_PORT={master_port}\n" in (launch_dir / "deepspeed_env").read_text()
-    srun_line = next(line for line in out.splitlines() if "cmd = srun" in line)
+    srun_line = next((line for line in out.splitlines() if "cmd = srun" in line), None)
+    assert srun_line is not None, out[-6000:]
     assert (
         "cmd = srun -n 4 --ntasks-per-node=2 --nodelist=hs-node1,hs-node2 --nodes 2 --export=ALL,"
         in srun_line

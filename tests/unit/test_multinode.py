@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,14 +215,95 @@ def test_slurm_takes_the_nodes_of_its_allocation_and_pins_the_tasks_to_them(type
     # A one-node run in an allocation still goes through srun: salloc runs launch.py on the login host.
     one = typed_config(["cluster=slurm_a100_8x2", "cluster.num_nodes=1"]).cluster
     args = runner_args(plan(one, allocated_hosts=["gpu-a17"]).argv)
-    assert args.force_multi and args.launcher_args == "--ntasks-per-node=8 --nodelist=gpu-a17"
+    assert args.force_multi and args.no_ssh_check and args.num_nodes == 1
+    assert args.launcher_args == "--ntasks-per-node=8 --nodelist=gpu-a17"
 
-    # Placement the user gave in launcher_args is kept, not doubled; named hosts win over the allocation.
+
+def test_slurm_keeps_the_users_placement_and_orders_named_hosts_as_the_allocation(typed_config):
+    """Placement given in launcher_args (either spelling) is kept, not doubled; --nodes/-N are not
+    taken for a node list. Named hosts win over the allocation, but srun sorts --nodelist into the
+    allocation's order and rank 0 runs on the first there, so the plan (and MASTER_ADDR) follows it."""
     given = typed_config(
-        ["cluster=slurm_a100_8x2", "cluster.hosts=[n1,n2]", "cluster.launcher_args='-p gpu -w n1,n2'"]
+        [
+            "cluster=slurm_a100_8x2",
+            "cluster.hosts=[gpu-b02,gpu-a18]",
+            "cluster.launcher_args='-p gpu -wgpu-b02,gpu-a18'",
+        ]
     ).cluster
-    args = runner_args(plan(given, allocated_hosts=["gpu-a17", "gpu-a18"]).argv)
-    assert args.launcher_args == "-p gpu -w n1,n2 --ntasks-per-node=8"
+    launch = plan(given, allocated_hosts=["gpu-a17", "gpu-a18", "gpu-b02"])
+    assert launch.hostfile_text == "gpu-a18 slots=8\ngpu-b02 slots=8\n"
+    assert "MASTER_ADDR=gpu-a18\n" in launch.env_text
+    assert runner_args(launch.argv).launcher_args == "-p gpu -wgpu-b02,gpu-a18 --ntasks-per-node=8"
+
+    spelled = typed_config(
+        ["cluster=slurm_a100_8x2", "cluster.launcher_args='--ntasks-per-node 8 -N 2'"]
+    ).cluster
+    args = runner_args(plan(spelled, allocated_hosts=["gpu-a17", "gpu-a18"]).argv)
+    assert args.launcher_args == "--ntasks-per-node 8 -N 2 --nodelist=gpu-a17,gpu-a18"
+
+    outside = typed_config(["cluster=slurm_a100_8x2", "cluster.hosts=[gpu-a17,gpu-c09]"]).cluster
+    with pytest.raises(
+        ConfigError,
+        match=r"cluster\.hosts: \['gpu-c09'\] not in this Slurm allocation \['gpu-a17', 'gpu-a18'\] "
+        r"\(SLURM_JOB_NODELIST\), and srun runs only on allocated nodes; name allocated nodes, or set "
+        r"cluster\.hosts=\[\] cluster\.hostfile=null to take the allocation's first 2",
+    ):
+        select_nodes(outside, allocated_hosts=["gpu-a17", "gpu-a18"])
+
+
+def test_launcher_args_that_do_not_split_are_refused():
+    problems = cluster_key_problems(ClusterConfig(name="x", launcher="slurm", launcher_args="-p 'gpu"))
+    assert problems == [
+        'cluster.launcher_args: "-p \'gpu" does not split into arguments (No closing quotation); close the '
+        "quote or drop it"
+    ]
+
+
+@pytest.mark.parametrize(
+    "scontrol, message",
+    [
+        (
+            None,
+            r"but scontrol, which names its nodes, is not on PATH; put Slurm's client tools on PATH \(Debian: "
+            r"apt-get install slurm-client\), or, to launch outside the allocation, unset SLURM_JOB_NODELIST",
+        ),
+        (
+            "echo 'scontrol: error: bad hostlist' >&2; exit 1",
+            r"could not be expanded by `scontrol show hostnames` \(scontrol: error: bad hostlist\); launch inside "
+            r"a working allocation, or, to launch outside the allocation, unset SLURM_JOB_NODELIST",
+        ),
+    ],
+    ids=["no-scontrol", "scontrol-fails"],
+)
+def test_a_slurm_allocation_launch_py_cannot_read_is_refused(tmp_path, scontrol, message):
+    """launch.py expands SLURM_JOB_NODELIST with scontrol; without a working one it stops, naming why."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if scontrol is not None:
+        (bin_dir / "scontrol").write_text(f"#!/bin/sh\n{scontrol}\n")
+        (bin_dir / "scontrol").chmod(0o755)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "launch/launch.py",
+            "cluster=slurm_a100_8x2",
+            "model=gpt_1p3b",
+            "parallel=tp8_pp2",
+            f"run.dir={tmp_path / 'run'}",
+            "--dry-run",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": str(bin_dir), "SLURM_JOB_NODELIST": "gpu-a[17-18]"},
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert re.search(
+        r"config error: environment: SLURM_JOB_NODELIST='gpu-a\[17-18\]' (says this runs in a Slurm allocation, )?"
+        + message,
+        result.stderr,
+    ), result.stderr[-3000:]
 
 
 def test_a_slurm_allocation_too_small_or_missing_is_refused_with_the_fix(typed_config):
