@@ -19,6 +19,8 @@ LOG="$STATE/sshd-$PORT.log"
 HOSTS=(127.0.0.1 127.0.0.2)
 
 die() { echo "test_hosts.sh: $*" >&2; exit 1; }
+# shellcheck source=scripts/apt_install.sh
+source "$(dirname "$0")/apt_install.sh"
 
 descendants() {  # every process below pid $1, by parent id
   local child
@@ -49,13 +51,6 @@ stop() {
   fi
 }
 
-apt_install() {  # packages...: apt-get's status; its output goes to $STATE/apt.log
-  local apt=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@")
-  "${apt[@]}" >>"$STATE/apt.log" 2>&1 && return 0
-  apt-get update -q >>"$STATE/apt.log" 2>&1 || true
-  "${apt[@]}" >>"$STATE/apt.log" 2>&1
-}
-
 install_missing() {
   : > "$STATE/apt.log"
   local missing=()
@@ -65,22 +60,15 @@ install_missing() {
   if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || die "needs ${missing[*]} and root to install them (apt-get install ${missing[*]})"
     command -v apt-get >/dev/null || die "needs ${missing[*]}; no apt-get on this machine to install them"
-    # Keep the package's postinst from starting the system sshd on port 22 (Docker's convention).
-    local made_policy=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
-    fi
-    apt_install "${missing[@]}" || {
-      [ $made_policy -eq 1 ] && rm -f /usr/sbin/policy-rc.d
-      die "could not install ${missing[*]} (apt-get log: $STATE/apt.log): $(tail -3 "$STATE/apt.log")"
-    }
-    [ $made_policy -eq 1 ] && rm -f /usr/sbin/policy-rc.d
+    # Without starting the system sshd on port 22.
+    apt_install "$STATE/apt.log" "${missing[@]}" \
+      || die "could not install ${missing[*]} (apt-get log: $STATE/apt.log): $(tail -3 "$STATE/apt.log")"
     [ -x /usr/sbin/sshd ] && command -v pdsh >/dev/null || die "installed ${missing[*]} but sshd or pdsh is still missing"
   fi
   # Open MPI serves only the mpirun test, which fails naming it when it is missing; the two ssh
   # hosts and the pdsh test do not need it.
   if ! command -v ompi_info >/dev/null; then
-    if ! { [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null && apt_install openmpi-bin; }; then
+    if ! { [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null && apt_install "$STATE/apt.log" openmpi-bin; }; then
       echo "test_hosts.sh: openmpi-bin missing and not installed (needs root and apt-get; log: $STATE/apt.log)" >&2
     fi
   fi

@@ -21,13 +21,8 @@ NODES=(hs-node1 hs-node2)
 ADDRESSES=(127.0.0.1 127.0.0.2)
 
 die() { echo "test_slurm.sh: $*" >&2; exit 1; }
-
-apt_install() {  # packages...: apt-get's status; its output goes to $STATE/apt.log
-  local apt=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@")
-  "${apt[@]}" >>"$STATE/apt.log" 2>&1 && return 0
-  apt-get update -q >>"$STATE/apt.log" 2>&1 || true
-  "${apt[@]}" >>"$STATE/apt.log" 2>&1
-}
+# shellcheck source=scripts/apt_install.sh
+source "$(dirname "$0")/apt_install.sh"
 
 install_missing() {
   : > "$STATE/apt.log"
@@ -38,15 +33,8 @@ install_missing() {
   [ -x /usr/sbin/munged ] || missing+=(munge)
   [ ${#missing[@]} -eq 0 ] && return 0
   command -v apt-get >/dev/null || die "needs ${missing[*]}; no apt-get on this machine to install them"
-  # Keep the packages' postinst from starting the system's own daemons.
-  local made_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
-  fi
-  local status=0
-  apt_install "${missing[@]}" || status=$?
-  [ $made_policy -eq 1 ] && rm -f /usr/sbin/policy-rc.d
-  [ $status -eq 0 ] || die "could not install ${missing[*]} (apt-get log: $STATE/apt.log): $(tail -3 "$STATE/apt.log")"
+  apt_install "$STATE/apt.log" "${missing[@]}" \
+    || die "could not install ${missing[*]} (apt-get log: $STATE/apt.log): $(tail -3 "$STATE/apt.log")"
 }
 
 start_munge() {
