@@ -2,7 +2,7 @@
 
     python launch/launch.py cluster=aws_p4d_2node model=gpt_1p3b parallel=tp2_pp2
     python launch/launch.py cluster=h100_8x4 cluster.hosts=[a,b,c,d] model=gpt_1p3b --dry-run
-    salloc -N 2 --ntasks-per-node 8 python launch/launch.py cluster=slurm_a100_8x2 model=gpt_1p3b
+    salloc -N 2 --ntasks-per-node 8 --gpus-per-node 8 python launch/launch.py cluster=slurm_a100_8x2 model=gpt_1p3b
 
 Composes conf/train.yaml exactly as launch/train.py does and validates it for the cluster's world
 size (num_nodes × gpus_per_node), so a bad layout stops here, before any node is touched. Then

@@ -126,8 +126,8 @@ start() {
     : > "$STATE/slurmd-$node.log"
     /usr/sbin/slurmd -f "$CONF" -N "$node" || die "slurmd $node did not start: $(tail -5 "$STATE/slurmd-$node.log")"
   done
-  local states=""
-  for _ in $(seq 150); do
+  local states="" deadline=$((SECONDS + 30))
+  while [ $SECONDS -lt $deadline ]; do
     # slurmctld may not listen yet: no answer is another try, not the end of the script.
     states=$(SLURM_CONF="$CONF" timeout 5 sinfo -h -N -o '%N=%t' 2>/dev/null | sort -u | tr '\n' ' ') || true
     [ "$states" = "${NODES[0]}=idle ${NODES[1]}=idle " ] && { echo "$CONF"; return 0; }
