@@ -346,8 +346,9 @@ def plan_launch(
     allocated_hosts: Sequence[str] = (),
 ) -> LaunchPlan:
     """Check what only the launching machine can tell (the hostfile, the Slurm allocation, the
-    launcher's programs) and build the launch. The config keys themselves were checked by integration.validate. Files go to
-    `run_dir/launch/`, absolute because the runner and every node resolve them from elsewhere."""
+    launcher's programs) and build the launch. The config keys themselves were checked by
+    integration.validate. Files go to `run_dir/launch/`, absolute because the runner and every node
+    resolve them from elsewhere."""
     nodes = select_nodes(cluster, hostfile_text_read, allocated_hosts)
     programs, how = RUNNER_LAUNCHERS[cluster.launcher]
     local = [n.host for n in nodes] == [LOCAL_HOST]

@@ -47,6 +47,18 @@ def runner_args(argv: list[str]):
     return runner.parse_args(argv[4:])
 
 
+def launch_py(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python launch/launch.py ARGS` as a user runs it from the repository."""
+    return subprocess.run(
+        [sys.executable, "launch/launch.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
 def test_the_launchers_are_the_runners_own():
     assert set(RUNNER_LAUNCHERS) == set(runner.LAUNCHER_CLASSES)
 
@@ -282,21 +294,13 @@ def test_a_slurm_allocation_launch_py_cannot_read_is_refused(tmp_path, scontrol,
     if scontrol is not None:
         (bin_dir / "scontrol").write_text(f"#!/bin/sh\n{scontrol}\n")
         (bin_dir / "scontrol").chmod(0o755)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "launch/launch.py",
-            "cluster=slurm_a100_8x2",
-            "model=gpt_1p3b",
-            "parallel=tp8_pp2",
-            f"run.dir={tmp_path / 'run'}",
-            "--dry-run",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    result = launch_py(
+        "cluster=slurm_a100_8x2",
+        "model=gpt_1p3b",
+        "parallel=tp8_pp2",
+        f"run.dir={tmp_path / 'run'}",
+        "--dry-run",
         env={**os.environ, "PATH": str(bin_dir), "SLURM_JOB_NODELIST": "gpu-a[17-18]"},
-        timeout=120,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert re.search(
@@ -425,21 +429,7 @@ def test_runner_argv_quotes_only_for_pdsh(typed_config):
 def test_dry_run_prints_the_launch_and_writes_nothing(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "launch/launch.py",
-            "cluster=loopback_2node",
-            "parallel=tp2",
-            f"run.dir={run_dir}",
-            "--dry-run",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    result = launch_py("cluster=loopback_2node", "parallel=tp2", f"run.dir={run_dir}", "--dry-run", env=env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "world 4 = tp 2 × pp 1 × dp 2" in out
@@ -454,20 +444,7 @@ def test_dry_run_prints_the_launch_and_writes_nothing(tmp_path):
 
 def test_a_bad_layout_stops_the_launch_before_anything_is_written(tmp_path):
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "launch/launch.py",
-            "cluster=loopback_2node",
-            "parallel=pp2",
-            "model.num_layers=3",
-            f"run.dir={run_dir}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = launch_py("cluster=loopback_2node", "parallel=pp2", "model.num_layers=3", f"run.dir={run_dir}")
     assert result.returncode == 2
     assert (
         "config error: model.num_layers: 3 is not divisible by pipeline_model_parallel_size(2)"
