@@ -418,12 +418,15 @@ def cluster_key_problems(cluster: ClusterConfig) -> list[str]:
             "come from cluster.gpus_per_node)"
         )
     try:
-        shlex.split(cluster.launcher_args)  # as the runner splits it for every launcher
+        launcher_args = shlex.split(cluster.launcher_args)  # as the runner splits it for every launcher
     except ValueError as err:
         problems.append(
             f"cluster.launcher_args: {cluster.launcher_args!r} does not split into arguments ({err}); close "
             "the quote or drop it"
         )
+    else:
+        if cluster.launcher == "slurm":
+            problems += _srun_count_problems(cluster, launcher_args)
     for key, port in (("cluster.master_port", cluster.master_port), ("cluster.ssh_port", cluster.ssh_port)):
         if port is not None and not 1 <= port <= 65535:
             problems.append(f"{key}: {port} is not a TCP port; use 1-65535")
@@ -438,6 +441,42 @@ def cluster_key_problems(cluster: ClusterConfig) -> list[str]:
                 "runner's export line would let the node's shell interpret; write the value literally"
             )
     return problems
+
+
+def _srun_count_problems(cluster: ClusterConfig, launcher_args: Sequence[str]) -> list[str]:
+    """srun counts in launcher_args must be the cluster's: the runner puts them after its own `-n
+    TOTAL`, so a different `-n` silently changes the world size, and a different per-node or node count
+    leaves srun placing tasks the hostfile (and MASTER_ADDR) does not describe, or refusing to."""
+    expected = {
+        ("-n", "--ntasks"): cluster.num_nodes * cluster.gpus_per_node,
+        ("-N", "--nodes"): cluster.num_nodes,
+        ("--ntasks-per-node",): cluster.gpus_per_node,
+    }
+    problems = []
+    for names, want in expected.items():
+        for given in _option_values(launcher_args, names):
+            if given != str(want):
+                problems.append(
+                    f"cluster.launcher_args: {names[-1]} {given} disagrees with the cluster, which runs "
+                    f"{want} there (cluster.num_nodes={cluster.num_nodes}, cluster.gpus_per_node="
+                    f"{cluster.gpus_per_node}); drop it from launcher_args (the launch sets it) or change "
+                    "those keys"
+                )
+    return problems
+
+
+def _option_values(args: Sequence[str], names: Sequence[str]) -> list[str]:
+    """Values of a getopt option in any of its spellings: `--name=V`, `--name V`, `-xV`, `-x V`."""
+    values = []
+    for i, arg in enumerate(args):
+        for name in names:
+            if arg == name:
+                values.append(args[i + 1] if i + 1 < len(args) else "")
+            elif name.startswith("--") and arg.startswith(name + "="):
+                values.append(arg[len(name) + 1 :])
+            elif len(name) == 2 and arg.startswith(name) and len(arg) > 2:  # -x: one letter, value joined
+                values.append(arg[2:])
+    return values
 
 
 def _joined(problems: list[str]) -> str:

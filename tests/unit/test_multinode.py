@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -271,6 +272,24 @@ def test_launcher_args_that_do_not_split_are_refused():
     ]
 
 
+def test_srun_counts_in_launcher_args_must_be_the_clusters():
+    """The runner puts launcher_args after its own `srun -n TOTAL`, so a user's -n would silently
+    change the world size; per-node and node counts must match the hostfile the plan writes."""
+    cluster = ClusterConfig(name="x", launcher="slurm", num_nodes=2, gpus_per_node=8)
+    agreeing = "-p gpu -n 16 --ntasks=16 -N2 --nodes 2 --ntasks-per-node=8 -w gpu-a17,gpu-a18"
+    assert cluster_key_problems(dataclasses.replace(cluster, launcher_args=agreeing)) == []
+
+    wrong = dataclasses.replace(cluster, launcher_args="-n8 --nodes=1-2 --ntasks-per-node 4 -p gpu")
+    assert cluster_key_problems(wrong) == [
+        f"cluster.launcher_args: {flag} {given} disagrees with the cluster, which runs {want} there "
+        "(cluster.num_nodes=2, cluster.gpus_per_node=8); drop it from launcher_args (the launch sets it) "
+        "or change those keys"
+        for flag, given, want in (("--ntasks", "8", 16), ("--nodes", "1-2", 2), ("--ntasks-per-node", "4", 8))
+    ]
+    # Other launchers' arguments are their own: mpirun's -n is not srun's.
+    assert cluster_key_problems(dataclasses.replace(wrong, launcher="openmpi")) == []
+
+
 @pytest.mark.parametrize(
     "scontrol, message",
     [
@@ -428,7 +447,14 @@ def test_runner_argv_quotes_only_for_pdsh(typed_config):
 
 def test_dry_run_prints_the_launch_and_writes_nothing(tmp_path):
     run_dir = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The dry run checks that pdsh and ssh are on PATH but never runs them; these stand in on a machine
+    # where the distributed tests have not installed them yet (those run them for real).
+    programs = tmp_path / "bin"
+    programs.mkdir()
+    for name in RUNNER_LAUNCHERS["pdsh"][0]:
+        (programs / name).write_text("#!/bin/sh\nexit 1\n")
+        (programs / name).chmod(0o755)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{os.environ['PATH']}:{programs}"}
     result = launch_py("cluster=loopback_2node", "parallel=tp2", f"run.dir={run_dir}", "--dry-run", env=env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
