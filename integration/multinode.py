@@ -59,6 +59,9 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 UNSAFE_HOST = re.compile(r"[\s,@:]")
 # What a POSIX shell leaves alone in a word (the runner's own test in MultiNodeRunner.add_export).
 SHELL_SPECIAL = re.compile(r"[^\w@%+=:,./-]")
+# srun's count (`4`, or a range `2-4` for --nodes) and task distribution (`cyclic:block,Pack`).
+SRUN_COUNT = re.compile(r"(\d+)(?:-(\d+))?")
+SRUN_DISTRIBUTION = re.compile(r"[\w*=:,]+")
 
 LOCAL_HOST = "localhost"
 
@@ -426,7 +429,7 @@ def cluster_key_problems(cluster: ClusterConfig) -> list[str]:
         )
     else:
         if cluster.launcher == "slurm":
-            problems += _srun_count_problems(cluster, launcher_args)
+            problems += _srun_placement_problems(cluster, launcher_args)
     for key, port in (("cluster.master_port", cluster.master_port), ("cluster.ssh_port", cluster.ssh_port)):
         if port is not None and not 1 <= port <= 65535:
             problems.append(f"{key}: {port} is not a TCP port; use 1-65535")
@@ -443,40 +446,59 @@ def cluster_key_problems(cluster: ClusterConfig) -> list[str]:
     return problems
 
 
-def _srun_count_problems(cluster: ClusterConfig, launcher_args: Sequence[str]) -> list[str]:
-    """srun counts in launcher_args must be the cluster's: the runner puts them after its own `-n
-    TOTAL`, so a different `-n` silently changes the world size, and a different per-node or node count
-    leaves srun placing tasks the hostfile (and MASTER_ADDR) does not describe, or refusing to."""
-    expected = {
-        ("-n", "--ntasks"): cluster.num_nodes * cluster.gpus_per_node,
-        ("-N", "--nodes"): cluster.num_nodes,
-        ("--ntasks-per-node",): cluster.gpus_per_node,
-    }
+def _srun_placement_problems(cluster: ClusterConfig, launcher_args: Sequence[str]) -> list[str]:
+    """srun placement options in launcher_args that contradict the plan. The runner runs `srun -n
+    TOTAL <launcher_args> ... --nodes N`: a later `-n` wins and changes the world size, a different
+    per-node count puts ranks where the hostfile (and MASTER_ADDR) does not say, a different `-N` loses
+    to the runner's own, and a non-block distribution splits tensor-parallel groups (consecutive ranks)
+    across nodes. Best effort: abbreviated long options (`--ntasks-per-nod`) are not recognised."""
+    total = cluster.num_nodes * cluster.gpus_per_node
+    counts = (
+        (("-n", "--ntasks"), total, "tasks", "would change the world size"),
+        (("--ntasks-per-node",), cluster.gpus_per_node, "tasks per node", "would misplace the ranks"),
+        (("-N", "--nodes"), cluster.num_nodes, "nodes", "contradicts the runner's own --nodes"),
+    )
     problems = []
-    for names, want in expected.items():
-        for given in _option_values(launcher_args, names):
-            if given != str(want):
+    for names, want, what, effect in counts:
+        for written, value in _option_values(launcher_args, names, joined=SRUN_COUNT):
+            if not _count_allows(value, want):
                 problems.append(
-                    f"cluster.launcher_args: {names[-1]} {given} disagrees with the cluster, which runs "
-                    f"{want} there (cluster.num_nodes={cluster.num_nodes}, cluster.gpus_per_node="
-                    f"{cluster.gpus_per_node}); drop it from launcher_args (the launch sets it) or change "
-                    "those keys"
+                    f"cluster.launcher_args: {written!r} asks srun for {value or 'no number of'} {what}, "
+                    f"which {effect}: the cluster runs {want} (cluster.num_nodes={cluster.num_nodes}, "
+                    f"cluster.gpus_per_node={cluster.gpus_per_node}); drop it (the launch sets it) or "
+                    "change those keys"
                 )
-    return problems
+    for written, value in _option_values(launcher_args, ("-m", "--distribution"), joined=SRUN_DISTRIBUTION):
+        across_nodes = re.split(r"[:,]", value)[0]
+        if across_nodes not in ("block", "*"):
+            problems.append(
+                f"cluster.launcher_args: {written!r} deals tasks to nodes by {across_nodes or 'nothing'!r}, "
+                "which splits tensor-parallel groups (consecutive ranks) across nodes; drop it or use "
+                "-m block"
+            )
+    return list(dict.fromkeys(problems))  # an option given twice is reported once
 
 
-def _option_values(args: Sequence[str], names: Sequence[str]) -> list[str]:
-    """Values of a getopt option in any of its spellings: `--name=V`, `--name V`, `-xV`, `-x V`."""
-    values = []
+def _count_allows(value: str, want: int) -> bool:
+    count = SRUN_COUNT.fullmatch(value)
+    return count is not None and int(count[1]) <= want <= int(count[2] or count[1])
+
+
+def _option_values(args: Sequence[str], names: Sequence[str], joined: re.Pattern) -> list[tuple[str, str]]:
+    """(as written, value) of a getopt option in its spellings `--name=V`, `--name V`, `-x V`, `-xV`.
+    The joined short form counts only when V looks like the option's value (`joined`), so that
+    `-J -nightly` (a job name) is not read as `-n ightly`."""
+    found = []
     for i, arg in enumerate(args):
         for name in names:
             if arg == name:
-                values.append(args[i + 1] if i + 1 < len(args) else "")
+                value = args[i + 1] if i + 1 < len(args) else ""
+                found.append((f"{arg} {value}".strip(), value))
             elif name.startswith("--") and arg.startswith(name + "="):
-                values.append(arg[len(name) + 1 :])
-            elif len(name) == 2 and arg.startswith(name) and len(arg) > 2:  # -x: one letter, value joined
-                values.append(arg[2:])
-    return values
+                found.append((arg, arg[len(name) + 1 :]))
+            elif len(name) == 2 and arg.startswith(name) and joined.fullmatch(arg[2:]):
+                found.append((arg, arg[2:]))
+    return found
 
 
 def _joined(problems: list[str]) -> str:

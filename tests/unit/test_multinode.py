@@ -272,19 +272,36 @@ def test_launcher_args_that_do_not_split_are_refused():
     ]
 
 
-def test_srun_counts_in_launcher_args_must_be_the_clusters():
-    """The runner puts launcher_args after its own `srun -n TOTAL`, so a user's -n would silently
-    change the world size; per-node and node counts must match the hostfile the plan writes."""
+def test_srun_placement_in_launcher_args_must_be_the_plans():
+    """The runner runs `srun -n TOTAL <launcher_args> ... --nodes N`: a user's -n would silently change
+    the world size, a per-node count or a cyclic distribution would put ranks where the hostfile,
+    MASTER_ADDR and the tensor-parallel groups do not expect them."""
     cluster = ClusterConfig(name="x", launcher="slurm", num_nodes=2, gpus_per_node=8)
-    agreeing = "-p gpu -n 16 --ntasks=16 -N2 --nodes 2 --ntasks-per-node=8 -w gpu-a17,gpu-a18"
+    agreeing = (
+        "-p gpu -J -nightly -n 16 --ntasks=016 -N2 --nodes 1-2 --ntasks-per-node=8 -w gpu-a17,gpu-a18 "
+        "--ntasks-per-socket=4 --gpus-per-node=8 -m block:cyclic --distribution=*:block"
+    )
     assert cluster_key_problems(dataclasses.replace(cluster, launcher_args=agreeing)) == []
 
-    wrong = dataclasses.replace(cluster, launcher_args="-n8 --nodes=1-2 --ntasks-per-node 4 -p gpu")
+    wrong = dataclasses.replace(
+        cluster, launcher_args="-n8 --ntasks=8 -n8 -p gpu --nodes=3 --ntasks-per-node 4 -mcyclic -N"
+    )
+    scale = (
+        "the cluster runs {} (cluster.num_nodes=2, cluster.gpus_per_node=8); drop it (the launch sets it) "
+    )
     assert cluster_key_problems(wrong) == [
-        f"cluster.launcher_args: {flag} {given} disagrees with the cluster, which runs {want} there "
-        "(cluster.num_nodes=2, cluster.gpus_per_node=8); drop it from launcher_args (the launch sets it) "
+        f"cluster.launcher_args: {written!r} asks srun for {asked}, which {effect}: {scale.format(want)}"
         "or change those keys"
-        for flag, given, want in (("--ntasks", "8", 16), ("--nodes", "1-2", 2), ("--ntasks-per-node", "4", 8))
+        for written, asked, effect, want in (
+            ("-n8", "8 tasks", "would change the world size", 16),
+            ("--ntasks=8", "8 tasks", "would change the world size", 16),
+            ("--ntasks-per-node 4", "4 tasks per node", "would misplace the ranks", 8),
+            ("--nodes=3", "3 nodes", "contradicts the runner's own --nodes", 2),
+            ("-N", "no number of nodes", "contradicts the runner's own --nodes", 2),
+        )
+    ] + [
+        "cluster.launcher_args: '-mcyclic' deals tasks to nodes by 'cyclic', which splits tensor-parallel "
+        "groups (consecutive ranks) across nodes; drop it or use -m block"
     ]
     # Other launchers' arguments are their own: mpirun's -n is not srun's.
     assert cluster_key_problems(dataclasses.replace(wrong, launcher="openmpi")) == []
@@ -454,7 +471,7 @@ def test_dry_run_prints_the_launch_and_writes_nothing(tmp_path):
     for name in RUNNER_LAUNCHERS["pdsh"][0]:
         (programs / name).write_text("#!/bin/sh\nexit 1\n")
         (programs / name).chmod(0o755)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{os.environ['PATH']}:{programs}"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{os.environ.get('PATH', '')}:{programs}"}
     result = launch_py("cluster=loopback_2node", "parallel=tp2", f"run.dir={run_dir}", "--dry-run", env=env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
