@@ -62,6 +62,7 @@ SHELL_SPECIAL = re.compile(r"[^\w@%+=:,./-]")
 # srun's count (`4`, or a range `2-4` for --nodes) and task distribution (`cyclic:block,Pack`).
 SRUN_COUNT = re.compile(r"(\d+)(?:-(\d+))?")
 SRUN_DISTRIBUTION = re.compile(r"[\w*=:,]+")
+ANYTHING = re.compile(r".+")
 
 LOCAL_HOST = "localhost"
 
@@ -371,6 +372,8 @@ def plan_launch(
                     f"cluster.launcher: pdsh runs the {what} {str(path)!r} unquoted in each node's shell; "
                     "use a path without spaces or shell characters"
                 )
+    if cluster.launcher == "slurm" and not local:
+        problems += _srun_nodelist_problems(cluster.launcher_args, nodes)
     if problems:
         raise ConfigError(_joined(problems))
     launch_dir = run_dir.absolute() / "launch"
@@ -477,6 +480,27 @@ def _srun_placement_problems(cluster: ClusterConfig, launcher_args: Sequence[str
                 "-m block"
             )
     return list(dict.fromkeys(problems))  # an option given twice is reported once
+
+
+def _srun_nodelist_problems(launcher_args: str, nodes: Sequence[Node]) -> list[str]:
+    """A node list in launcher_args must be the plan's nodes: MASTER_ADDR names the plan's first, so
+    ranks that srun starts elsewhere would wait for a rendezvous that never comes."""
+    planned = [n.host for n in nodes]
+    problems = []
+    for written, value in _option_values(shlex.split(launcher_args), ("-w", "--nodelist"), joined=ANYTHING):
+        if not value or any(c in value for c in "[]/"):
+            problems.append(
+                f"cluster.launcher_args: {written!r} names nodes by a hostlist range or file, which this "
+                f"launch cannot check against its plan {planned}; drop it and name the nodes with "
+                "cluster.hosts=[...] (one name each)"
+            )
+        elif sorted(set(value.split(","))) != sorted(planned):
+            problems.append(
+                f"cluster.launcher_args: {written!r} runs srun on other nodes than the plan {planned}, whose "
+                f"first ({planned[0]}) is MASTER_ADDR; drop it and name the nodes with cluster.hosts="
+                f"[{value}]"
+            )
+    return problems
 
 
 def _count_allows(value: str, want: int) -> bool:

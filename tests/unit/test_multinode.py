@@ -254,6 +254,26 @@ def test_slurm_keeps_the_users_placement_and_orders_named_hosts_as_the_allocatio
     args = runner_args(plan(spelled, allocated_hosts=["gpu-a17", "gpu-a18"]).argv)
     assert args.launcher_args == "--ntasks-per-node 8 -N 2 --nodelist=gpu-a17,gpu-a18"
 
+    # A node list the plan did not choose would start ranks that wait on a MASTER_ADDR elsewhere.
+    allocation = ["gpu-a17", "gpu-a18", "gpu-b02"]
+    for launcher_args, message in [
+        (
+            "--nodelist=gpu-b02,gpu-a17",
+            r"cluster\.launcher_args: '--nodelist=gpu-b02,gpu-a17' runs srun on other nodes than the plan "
+            r"\['gpu-a17', 'gpu-a18'\], whose first \(gpu-a17\) is MASTER_ADDR; drop it and name the nodes "
+            r"with cluster\.hosts=\[gpu-b02,gpu-a17\]",
+        ),
+        (
+            "-w gpu-a[17-18]",
+            r"cluster\.launcher_args: '-w gpu-a\[17-18\]' names nodes by a hostlist range or file, which this "
+            r"launch cannot check against its plan \['gpu-a17', 'gpu-a18'\]; drop it and name the nodes with "
+            r"cluster\.hosts=\[\.\.\.\] \(one name each\)",
+        ),
+    ]:
+        stray = typed_config(["cluster=slurm_a100_8x2", f"cluster.launcher_args='{launcher_args}'"]).cluster
+        with pytest.raises(ConfigError, match=message):
+            plan(stray, allocated_hosts=allocation)
+
     outside = typed_config(["cluster=slurm_a100_8x2", "cluster.hosts=[gpu-a17,gpu-c09]"]).cluster
     with pytest.raises(
         ConfigError,
