@@ -81,14 +81,20 @@ def test_kill_minus_nine_then_relaunch_continues_bit_for_bit(tmp_path):
         ("tp2d_pp2", 8, ["parallel=tp2d_2x2_pp2", "parallel.global_batch_size=4"]),
     ],
 )
-def test_stop_and_resume_is_bitwise(tmp_path, name, nprocs, layout):
-    reference = losses_by_step(
-        train(tmp_path / "reference", RUN + layout + ["trainer.max_steps=20"], nprocs=nprocs).run_dir
-    )
-    run_dir = tmp_path / "stopped"
-    train(run_dir, RUN + layout + ["trainer.max_steps=12"], nprocs=nprocs)
-    resumed = train(run_dir, RUN + layout + ["trainer.max_steps=20"], nprocs=nprocs)
-    assert "at step 12" in resumed.output
+def test_resume_is_bitwise(tmp_path, name, nprocs, layout):
+    """The uninterrupted run's own step-10 checkpoint, resumed in a copy of its directory (later
+    checkpoints removed, as if it had died before saving step 15), gives steps 11-20 bit for bit. The stop at
+    trainer.max_steps and its final save are proven in one process (test_stability_state_survives_a_resume);
+    here each layout's checkpoint content is, one launch cheaper than stopping a second run."""
+    overrides = RUN + layout + ["trainer.max_steps=20", "checkpoint.keep_last=0"]
+    reference_dir = train(tmp_path / "reference", overrides, nprocs=nprocs).run_dir
+    reference = losses_by_step(reference_dir)
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(reference_dir, run_dir)
+    for later in (15, 20):
+        shutil.rmtree(run_dir / "checkpoints" / tag_for(later))
+    resumed = train(run_dir, overrides, nprocs=nprocs)
+    assert f"{tag_for(10)} at step 10" in resumed.output
     assert losses_by_step(run_dir) == reference
 
 
@@ -150,7 +156,9 @@ def test_stability_state_survives_a_resume(tmp_path):
     )
     run_dir = tmp_path / "run"
     train(run_dir, overrides + ["trainer.max_steps=12"], launcher="python")
-    train(run_dir, overrides + ["trainer.max_steps=20"], launcher="python")
+    continued = train(run_dir, overrides + ["trainer.max_steps=20"], launcher="python")
+    assert f"{tag_for(12)} at step 12" in continued.output  # the stop's own final save
+    assert losses_by_step(run_dir) == losses_by_step(tmp_path / "reference")
     resumed = scores(run_dir)
     assert resumed == reference
     assert all(score != 0.0 for score, _ in (resumed[s] for s in range(13, 21)))
