@@ -322,7 +322,9 @@ def runner_argv(
             ("--nodelist", "-w"): "--nodelist=" + ",".join(n.host for n in nodes),
         }
         given = shlex.split(launcher_args)
-        unset = [flag for names, flag in placement.items() if not any(a.startswith(names) for a in given)]
+        unset = [
+            flag for names, flag in placement.items() if not _option_values(given, names, joined=ANYTHING)
+        ]
         launcher_args = " ".join([launcher_args, *unset]).strip()
     # Open MPI's mpirun reaches the nodes over its own ssh, which --ssh_port does not reach.
     ssh_by_mpirun = cluster.launcher == "openmpi" and cluster.ssh_port is not None and not local
