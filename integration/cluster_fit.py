@@ -27,6 +27,7 @@ from integration.planner.memory import (
     GIB,
     ActivationShape,
     StageMemory,
+    ZeroBuckets,
     describe_components,
     offload_kind,
     stage_memory,
@@ -104,9 +105,22 @@ def check_cluster_fit(
 
 
 def predicted_fit(cfg: TrainConfig, layout: Layout, choice: LayoutChoice, flash_attention: bool) -> Fit:
-    """The planner's memory model for this layout, with the requested offload group; 2D tensor
-    parallel layouts (one stage) by the 2D model."""
+    """The planner's memory model for this layout, with the requested offload group, on its
+    fullest pipeline stage (the first or the last)."""
+    stages = predicted_stages(cfg, layout, choice, flash_attention, sorted({0, layout.pipeline_parallel - 1}))
+    fullest = max(stages, key=lambda m: m.total)
+    reserved = PlannerSettings().reserved_gib * GIB
+    limit = (cfg.cluster.gpu_memory_gib or 0) * GIB
+    return Fit(fullest, fullest.total + reserved, limit)
+
+
+def predicted_stages(
+    cfg: TrainConfig, layout: Layout, choice: LayoutChoice, flash_attention: bool, stages: list[int]
+) -> list[StageMemory]:
+    """The planner's memory model for these pipeline stages of the layout, without the reserve;
+    2D tensor parallel layouts (one stage) by the 2D model."""
     model, par, dtype = cfg.model, cfg.parallel, cfg.precision.dtype
+    on_cpu = cfg.cluster.device == "cpu"
     vocab = _vocab(cfg)
     tp, pp, dp = layout.tensor_parallel, layout.pipeline_parallel, layout.data_parallel
     micro_batches = cfg.parallel.global_batch_size // (choice.micro_batch_size * dp)
@@ -117,13 +131,14 @@ def predicted_fit(cfg: TrainConfig, layout: Layout, choice: LayoutChoice, flash_
         choice.recompute,
         flash_attention,
         dtype,
-        torch_norms=cfg.cluster.device == "cpu",
+        torch_norms=on_cpu,
     )
     offload = offload_kind(cfg.offload.optimizer.device, cfg.offload.param.device)
+    buckets = ZeroBuckets.from_comm(cfg.comm)
     if par.tensor_parallel_2d:
         from integration.planner.tp2d import stage_memory_2d
 
-        stages = [
+        return [
             stage_memory_2d(
                 model,
                 vocab,
@@ -134,17 +149,16 @@ def predicted_fit(cfg: TrainConfig, layout: Layout, choice: LayoutChoice, flash_
                 choice.micro_batch_size,
                 flash_attention,
                 dtype,
+                buckets,
+                on_cpu,
             )
         ]
-    else:
-        stages = [
-            stage_memory(model, vocab, tp, pp, dp, s, choice.zero_stage, offload, micro_batches, shape)
-            for s in sorted({0, pp - 1})
-        ]
-    fullest = max(stages, key=lambda m: m.total)
-    reserved = PlannerSettings().reserved_gib * GIB
-    limit = (cfg.cluster.gpu_memory_gib or 0) * GIB
-    return Fit(fullest, fullest.total + reserved, limit)
+    return [
+        stage_memory(
+            model, vocab, tp, pp, dp, stage, choice.zero_stage, offload, micro_batches, shape, buckets, on_cpu
+        )
+        for stage in stages
+    ]
 
 
 def _vocab(cfg: TrainConfig) -> int:
@@ -152,7 +166,7 @@ def _vocab(cfg: TrainConfig) -> int:
     return padded_vocab_size(vocab, cfg.model.make_vocab_size_divisible_by)
 
 
-def _requested(cfg: TrainConfig) -> LayoutChoice:
+def requested_choice(cfg: TrainConfig) -> LayoutChoice:
     return LayoutChoice(
         cfg.parallel.zero_stage, cfg.parallel.micro_batch_size, cfg.model.recompute_granularity or "none"
     )
@@ -166,7 +180,7 @@ def _memory_problem(
     cluster = cfg.cluster
     if not cluster.gpu_memory_gib:
         return None
-    requested = _requested(cfg)
+    requested = requested_choice(cfg)
     fit = predicted_fit(cfg, layout, requested, flash_attention)
     if fit.total <= fit.limit:
         return None
@@ -201,7 +215,7 @@ def _fitting_alternative(
 ) -> tuple[LayoutChoice, Fit] | None:
     """Same processes (tp, pp, dp), another ZeRO stage, micro-batch or recompute: the fitting one
     the time model predicts fastest (fewest changes where the cluster lacks the timing facts)."""
-    requested = _requested(cfg)
+    requested = requested_choice(cfg)
     stages = [s for s in range(requested.zero_stage, 4) if layout.pipeline_parallel == 1 or s <= 1]
     micro_sizes = []
     size = requested.micro_batch_size
@@ -237,7 +251,7 @@ def predicted_step(
 ) -> StepTime | None:
     """The planner's step time for this layout on cfg.cluster (`choice`: ZeRO stage, micro-batch and
     recompute if not the config's), or None where the cluster lacks a fact the time model needs."""
-    choice = choice or _requested(cfg)
+    choice = choice or requested_choice(cfg)
     model, vocab = cfg.model, _vocab(cfg)
     tp, pp, dp = layout.tensor_parallel, layout.pipeline_parallel, layout.data_parallel
     stage_params = max(

@@ -18,6 +18,7 @@ from integration.planner.memory import (
     RECOMPUTE,
     ActivationShape,
     StageMemory,
+    ZeroBuckets,
     describe_components,
     offload_kind,
     stage_memory,
@@ -194,6 +195,7 @@ def plan_layouts(config: TrainConfig, settings: PlannerSettings | None = None) -
     model_flops = flops_per_token(model, vocab) * tokens_per_step
     plans = []
     offloads = requested_offloads(config.offload)
+    buckets = ZeroBuckets.from_comm(config.comm)
     for c in candidates(world, config.parallel.global_batch_size, settings, offloads):
         plan = PlannedLayout(c, memory_limit=limit, reserved=reserved)
         plans.append(plan)
@@ -226,7 +228,20 @@ def plan_layouts(config: TrainConfig, settings: PlannerSettings | None = None) -
         )
         stages = sorted({0, c.pp - 1})
         per_stage = [
-            stage_memory(model, vocab, c.tp, c.pp, c.dp, s, c.zero_stage, c.offload, c.micro_batches, shape)
+            stage_memory(
+                model,
+                vocab,
+                c.tp,
+                c.pp,
+                c.dp,
+                s,
+                c.zero_stage,
+                c.offload,
+                c.micro_batches,
+                shape,
+                buckets,
+                not on_gpu,
+            )
             for s in stages
         ]
         plan.memory = max(per_stage, key=lambda m: m.total)
@@ -246,6 +261,8 @@ def plan_layouts(config: TrainConfig, settings: PlannerSettings | None = None) -
                 c.micro_batch_size,
                 settings.flash_attention,
                 dtype,
+                buckets,
+                not on_gpu,
             )
         plan.time = step_time(
             model,

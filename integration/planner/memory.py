@@ -19,7 +19,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from integration.config.schema import ModelConfig
+from integration.config.schema import CommConfig, ModelConfig
 from integration.model_size import ffn_size, query_groups
 from integration.planner.settings import (
     ZERO3_PARAM_PERSISTENCE_THRESHOLD,
@@ -243,25 +243,97 @@ def model_states(
     return ModelStates(parameters=parameters, gradients=0, master=0, optimizer=0, host=host)
 
 
-def zero_buffers(tensors: tuple[ParamTensor, ...], zero_stage: int, dtype: str) -> int:
+@dataclass(frozen=True)
+class ZeroBuckets:
+    """The ZeRO communication settings that size DeepSpeed's buffers (the comm group's keys;
+    unset keys are DeepSpeed's defaults)."""
+
+    reduce_bucket_size: int = ZERO_REDUCE_BUCKET_SIZE
+    prefetch_bucket_size: int = ZERO3_PREFETCH_BUCKET_SIZE
+    overlap_comm: bool = False
+    """At ZeRO 1/2 (DeepSpeed's default there: off; ZeRO-3's buffers are counted apart)."""
+
+    @staticmethod
+    def from_comm(comm: CommConfig) -> ZeroBuckets:
+        return ZeroBuckets(
+            comm.reduce_bucket_size or ZERO_REDUCE_BUCKET_SIZE,
+            comm.stage3_prefetch_bucket_size or ZERO3_PREFETCH_BUCKET_SIZE,
+            bool(comm.overlap_comm),
+        )
+
+
+DEEPSPEED_BUCKETS = ZeroBuckets()
+"""DeepSpeed's defaults, which the comm group's default preset keeps."""
+
+
+def zero_buffers(
+    tensors: tuple[ParamTensor, ...],
+    zero_stage: int,
+    dtype: str,
+    pipeline: bool = False,
+    buckets: ZeroBuckets = DEEPSPEED_BUCKETS,
+) -> int:
     """DeepSpeed's working buffers besides the model states. ZeRO 1/2: one contiguous gradient
-    bucket of reduce_bucket_size elements (two with overlap_comm, off by default for 1/2).
-    ZeRO 3: that bucket, plus the parameters gathered
-    for the running layer and the prefetched ones (stage3_prefetch_bucket_size)."""
+    bucket of reduce_bucket_size elements, two with overlap_comm (`setup_buckets` double-buffers,
+    deepspeed/runtime/zero/stage_1_and_2.py); under the pipeline engine two either way (measured
+    on CPU, overlap_comm on and off: a PP2 rank's peak holds two buckets where a DP2 rank's holds
+    one; its backward runs outside ZeRO, and `reduce_gradients(pipeline_parallel=True)` allocates
+    a bucket of its own; tests/distributed/test_planner_measured.py). ZeRO 3: that bucket, plus
+    the parameters gathered for the running layer and the prefetched ones
+    (stage3_prefetch_bucket_size)."""
     weight = DTYPE_BYTES[dtype]
     if zero_stage == 0:
         return 0
     # Allocated whole (torch.empty(reduce_bucket_size)) whatever the model's size.
-    bucket = ZERO_REDUCE_BUCKET_SIZE * weight
+    bucket = buckets.reduce_bucket_size * weight
     if zero_stage < 3:
-        return bucket
+        return bucket * (2 if pipeline or buckets.overlap_comm else 1)
     per_module: dict[str, int] = {}
     for t in tensors:
         module = ".".join(t.name.split(".")[:3]) if t.name.startswith("decoder.layers.") else t.name
         per_module[module] = per_module.get(module, 0) + t.numel
     numel = sum(per_module.values())
-    gathered = max(per_module.values()) + min(ZERO3_PREFETCH_BUCKET_SIZE, numel)
+    gathered = max(per_module.values()) + min(buckets.prefetch_bucket_size, numel)
     return bucket + gathered * weight
+
+
+ALLREDUCE_BUCKET_SIZE = 500_000_000
+"""Elements per flattened bucket of DeepSpeed's data-parallel gradient all-reduce without ZeRO
+partitioning (engine.allreduce_gradients: MEMORY_OPT_ALLREDUCE_SIZE)."""
+
+
+def step_transient_bytes(
+    tensors: tuple[ParamTensor, ...],
+    zero_stage: int,
+    dp: int,
+    dtype: str,
+    offload: str,
+    pipeline: bool,
+    on_cpu: bool,
+) -> int:
+    """Bytes allocated for the step on top of the model states (and ZeRO's buffers), once
+    backward has freed the activations. Measured on CPU with integration.planner.allocations
+    (tests/distributed/test_planner_measured.py), where the whole-process peak sat inside these:
+    - ZeRO 0: the gradient all-reduce flattens the gradients into one copy, per bucket of
+      ALLREDUCE_BUCKET_SIZE elements (engine.buffered_allreduce_fallback), also at dp 1
+      (measured peak in `flatten_dense_tensors`, full recompute: within 0.1%).
+    - ZeRO 1/2: the step flattens each AdamW group's gradient partition into an fp32 copy (the
+      16-bit one is freed by `.to(fp32)`; stage_1_and_2.py `step`), and torch's Adam makes
+      temporaries of that size: two in the per-tensor loop torch uses on CPU (`exp_avg_sq.sqrt()`
+      and its quotient, `_single_tensor_adam`), one in the foreach loop it uses on CUDA
+      (`_foreach_sqrt`, then in place; read from torch/optim/adam.py, not measured). One group is
+      stepped at a time, so the largest counts (measured peak in `aten::div` of AdamW.step: TP2,
+      and a pipeline's last stage).
+    Not modelled: ZeRO 3's step, BF16_Optimizer (bf16 at ZeRO 0), offloaded steps (host side)."""
+    if offload != "none" or zero_stage == 3 or (zero_stage == 0 and pipeline and dtype == "bf16"):
+        return 0
+    groups = adamw_groups(tensors)
+    if zero_stage == 0:
+        numel = sum(sum(g) for g in groups)
+        return min(numel, ALLREDUCE_BUCKET_SIZE) * DTYPE_BYTES[dtype]
+    largest = max(_zero12_flat(g, dp) for g in groups if g) // dp
+    temporaries = 2 if on_cpu else 1
+    return (1 + temporaries) * largest * FP32_BYTES
 
 
 @dataclass(frozen=True)
@@ -379,6 +451,8 @@ class StageMemory:
     """Last stage: final norm and output-layer inputs and the fp32 logits (output_layer_bytes)."""
     recompute: float = 0.0
     """Full recompute: the one layer being recomputed in backward (recompute_working_bytes)."""
+    step: float = 0.0
+    """Allocated for the step after backward (step_transient_bytes)."""
 
     @property
     def peak_activations(self) -> float:
@@ -388,8 +462,12 @@ class StageMemory:
         return self.activations + max(self.output_layer, self.recompute)
 
     @property
+    def step_is_peak(self) -> bool:
+        return self.step > self.peak_activations
+
+    @property
     def total(self) -> float:
-        return self.states.total + self.buffers + self.peak_activations
+        return self.states.total + self.buffers + max(self.peak_activations, self.step)
 
 
 def stage_memory(
@@ -403,17 +481,20 @@ def stage_memory(
     offload: str,
     micro_batches: int,
     shape: ActivationShape,
+    buckets: ZeroBuckets = DEEPSPEED_BUCKETS,
+    on_cpu: bool = False,
 ) -> StageMemory:
-    """Peak bytes on one GPU of pipeline stage `stage`."""
+    """Peak bytes on one GPU (`on_cpu`: one CPU process) of pipeline stage `stage`."""
     tensors = stage_parameters(model, vocab, tp, pp, stage)
     states = model_states(tensors, zero_stage, dp, shape.dtype, offload, pipeline=pp > 1)
-    buffers = zero_buffers(tensors, zero_stage, shape.dtype)
+    buffers = zero_buffers(tensors, zero_stage, shape.dtype, pipeline=pp > 1, buckets=buckets)
     in_flight = min(pp - stage, micro_batches)
     layers = layers_on_stage(model.num_layers, pp, stage)
     activations = layers * layer_activation_bytes(model, shape) * in_flight
     recompute = recompute_working_bytes(model, shape) if layers else 0.0
     output = output_layer_bytes(model, vocab, shape) if stage == pp - 1 else 0.0
-    return StageMemory(stage, states, buffers, activations, output, recompute)
+    step = step_transient_bytes(tensors, zero_stage, dp, shape.dtype, offload, pp > 1, on_cpu)
+    return StageMemory(stage, states, buffers, activations, output, recompute, step)
 
 
 def memory_components(memory: StageMemory, reserved: float) -> list[tuple[str, float]]:
@@ -430,6 +511,9 @@ def memory_components(memory: StageMemory, reserved: float) -> list[tuple[str, f
         parts.remove(("output layer", memory.output_layer))
     else:
         parts.remove(("recomputed layer", memory.recompute))
+    if memory.step_is_peak:  # after backward: the activations are gone
+        parts = [p for p in parts if p[0] not in ("activations", "output layer", "recomputed layer")]
+        parts.append(("optimizer step", memory.step))
     return sorted((p for p in parts if p[1] > 0), key=lambda p: -p[1])
 
 

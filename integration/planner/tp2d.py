@@ -18,11 +18,14 @@ import math
 from integration.config.schema import ModelConfig
 from integration.model_size import ffn_size
 from integration.planner.memory import (
+    DEEPSPEED_BUCKETS,
     DTYPE_BYTES,
     ParamTensor,
     StageMemory,
+    ZeroBuckets,
     logits_bytes,
     model_states,
+    step_transient_bytes,
     zero_buffers,
 )
 
@@ -111,6 +114,8 @@ def stage_memory_2d(
     micro_batch_size: int,
     flash_attention: bool,
     dtype: str,
+    buckets: ZeroBuckets = DEEPSPEED_BUCKETS,
+    on_cpu: bool = False,
 ) -> StageMemory:
     """Peak bytes on one GPU of a 2D layout (one pipeline stage: 2D runs without pipeline
     parallelism). Model states and ZeRO buffers are DeepSpeed's for these tensors (memory.py); the
@@ -119,9 +124,10 @@ def stage_memory_2d(
     q = grid_side(tp)
     tensors = parameters_2d(model, vocab, q)
     states = model_states(tensors, zero_stage, dp, dtype, offload)
-    buffers = zero_buffers(tensors, zero_stage, dtype)
+    buffers = zero_buffers(tensors, zero_stage, dtype, buckets=buckets)
     activations = model.num_layers * layer_activation_bytes_2d(
         model, micro_batch_size, q, flash_attention, dtype
     )
     logits = logits_bytes(model, vocab, micro_batch_size, tp)
-    return StageMemory(0, states, buffers, activations, logits)
+    step = step_transient_bytes(tensors, zero_stage, dp, dtype, offload, False, on_cpu)
+    return StageMemory(0, states, buffers, activations, logits, step=step)

@@ -20,12 +20,17 @@ from integration.planner import PlannerSettings, override_line, plan_layouts
 from integration.planner.memory import (
     ActivationShape,
     ParamTensor,
+    ZeroBuckets,
+    adamw_groups,
     layer_activation_bytes,
     logits_bytes,
     model_states,
     output_layer_bytes,
     stage_parameters,
+    step_transient_bytes,
+    zero_buffers,
 )
+from integration.planner.settings import ZERO_REDUCE_BUCKET_SIZE
 from integration.planner.timing import (
     Link,
     TimeInputs,
@@ -205,6 +210,51 @@ def test_full_recompute_peak_is_in_backward_without_the_output_layer(typed_confi
     assert m.activations == pytest.approx(model.num_layers * layer_input)
     assert m.peak_activations == pytest.approx(m.activations + max(m.output_layer, m.recompute))
     assert stage_memory(model, vocab, 1, 1, 1, 0, 0, "none", 1, none).recompute == 0
+
+
+def test_zero_buffers_follow_the_comm_group_and_the_pipeline_engine(typed_config):
+    """One reduce bucket at ZeRO 1/2, of the comm group's size; two with overlap_comm or under the
+    pipeline engine (measured whole-process peaks: tests/distributed/test_planner_measured.py)."""
+    config = typed_config(["comm=overlap", "comm.reduce_bucket_size=1000"])
+    tensors = stage_parameters(config.model, _vocab(config), 1, 1, 0)
+    assert zero_buffers(tensors, 1, "fp32", buckets=ZeroBuckets.from_comm(config.comm)) == 2 * 1000 * 4
+    assert zero_buffers(tensors, 1, "fp32", buckets=ZeroBuckets(reduce_bucket_size=1000)) == 1000 * 4
+    assert zero_buffers(tensors, 2, "bf16") == ZERO_REDUCE_BUCKET_SIZE * 2
+    assert zero_buffers(tensors, 1, "bf16", pipeline=True) == 2 * ZERO_REDUCE_BUCKET_SIZE * 2
+    assert zero_buffers(tensors, 0, "bf16", pipeline=True) == 0
+    assert ZeroBuckets.from_comm(typed_config([]).comm) == ZeroBuckets()
+
+
+def test_step_transient_is_the_flat_gradient_copy_and_adams_temporaries(typed_config):
+    """ZeRO 0: one flattened copy of the gradients for the all-reduce. ZeRO 1/2: the largest
+    group's fp32 gradient partition plus Adam's temporaries of it (two on CPU, one on CUDA)."""
+    config = typed_config([])
+    tensors = stage_parameters(config.model, _vocab(config), 1, 1, 0)
+    numel = sum(t.numel for t in tensors)
+    largest = max(sum(g) for g in adamw_groups(tensors))
+    assert step_transient_bytes(tensors, 0, 1, "fp32", "none", False, True) == numel * 4
+    assert step_transient_bytes(tensors, 0, 2, "bf16", "none", False, False) == numel * 2
+    dp = 2
+    cpu = step_transient_bytes(tensors, 1, dp, "bf16", "none", False, True)
+    gpu = step_transient_bytes(tensors, 2, dp, "bf16", "none", False, False)
+    assert cpu == 3 * 4 * (math.ceil(largest / (2 * dp)) * 2 * dp) // dp  # padded to 2·dp, partitioned
+    assert gpu == cpu * 2 // 3
+    assert step_transient_bytes(tensors, 3, dp, "bf16", "none", False, False) == 0
+    assert step_transient_bytes(tensors, 1, dp, "bf16", "optimizer", False, False) == 0
+    assert step_transient_bytes(tensors, 0, 1, "bf16", "none", True, False) == 0  # BF16_Optimizer
+
+
+def test_stage_total_takes_the_larger_of_backward_and_the_step(typed_config):
+    from integration.planner.memory import memory_components, stage_memory
+
+    config = typed_config(["model.recompute_granularity=full"])
+    vocab = _vocab(config)
+    shape = ActivationShape(1, 1, False, "full", True, "fp32", torch_norms=True)
+    m = stage_memory(config.model, vocab, 1, 1, 1, 0, 0, "none", 1, shape, on_cpu=True)
+    assert m.step > m.peak_activations  # full recompute keeps little; the gradient copy is larger
+    assert m.total == m.states.total + m.buffers + m.step
+    names = [name for name, _ in memory_components(m, 0)]
+    assert "optimizer step" in names and "activations" not in names
 
 
 def test_first_pipeline_stage_holds_p_micro_batches(typed_config):
