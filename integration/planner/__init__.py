@@ -11,6 +11,10 @@ Pure arithmetic (no torch, no DeepSpeed import): `python launch/plan.py` runs on
 - `tp2d.py`      per-GPU parameters, activations and memory of a 2D (q×q grid) layout
 - `enumerate.py` the candidate layouts, checked by integration.validate's rules
 - `table.py`     the ranked table and the `parallel.*` override line
+
+The measuring side imports torch and is never imported by the planner itself: `calibrate.py` (this
+machine's speeds), `saved_tensors.py` (activation bytes autograd keeps), `allocations.py` (a
+process's peak tensor bytes).
 """
 
 from integration.planner.enumerate import Candidate, PlannedLayout, plan_layouts

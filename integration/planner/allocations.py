@@ -9,8 +9,14 @@ temporaries: everything, not only the parts the planner names).
 
 runs the script under the tracker in every process and writes OUT_DIR/rank{N}.json
 ({"peak": bytes, "end": bytes, "events": count}). Only tensors allocated while tracking count,
-so the script is tracked from its first line; tests and benchmarks/planner_accuracy.py use it,
-the planner itself never imports torch.
+so the script is tracked from its first line; benchmarks/whole_peak_memory.py and
+tests/distributed/test_planner_measured.py use it, the planner itself never imports torch.
+
+It reads high, never low, by what other threads free: the allocator reports allocations and
+frees only on the thread the profiler runs on, so a tensor made there and freed on another
+thread (gloo's workers, a garbage collection another thread sets off) stays counted for good
+(checked: a tensor freed in a `threading.Thread` leaves "Total Allocated" where it was; the
+profiler's `profile_all_threads` records no memory at all).
 """
 
 from __future__ import annotations

@@ -252,6 +252,8 @@ class ZeroBuckets:
     prefetch_bucket_size: int = ZERO3_PREFETCH_BUCKET_SIZE
     overlap_comm: bool = False
     """At ZeRO 1/2 (DeepSpeed's default there: off; ZeRO-3's buffers are counted apart)."""
+    contiguous_gradients: bool = True
+    """At ZeRO 1/2 the buckets exist only with it (DeepSpeed's default: on)."""
 
     @staticmethod
     def from_comm(comm: CommConfig) -> ZeroBuckets:
@@ -259,6 +261,7 @@ class ZeroBuckets:
             comm.reduce_bucket_size or ZERO_REDUCE_BUCKET_SIZE,
             comm.stage3_prefetch_bucket_size or ZERO3_PREFETCH_BUCKET_SIZE,
             bool(comm.overlap_comm),
+            comm.contiguous_gradients is not False,
         )
 
 
@@ -277,16 +280,21 @@ def zero_buffers(
     bucket of reduce_bucket_size elements, two with overlap_comm (`setup_buckets` double-buffers,
     deepspeed/runtime/zero/stage_1_and_2.py); under the pipeline engine two either way (measured
     on CPU, overlap_comm on and off: a PP2 rank's peak holds two buckets where a DP2 rank's holds
-    one; its backward runs outside ZeRO, and `reduce_gradients(pipeline_parallel=True)` allocates
-    a bucket of its own; tests/distributed/test_planner_measured.py). ZeRO 3: that bucket, plus
-    the parameters gathered for the running layer and the prefetched ones
-    (stage3_prefetch_bucket_size)."""
+    one, not three with overlap_comm; its backward runs outside ZeRO, and
+    `reduce_gradients(pipeline_parallel=True)` allocates a bucket of its own;
+    benchmarks/whole_peak_memory.py). None without contiguous_gradients (`setup_buckets` and
+    `reduce_gradients` allocate only with it; read, not measured). Not modelled: a
+    comm.grad_accum_dtype other than the model's (DeepSpeed may then stage the bucket in it).
+    ZeRO 3: that bucket, plus the parameters gathered for the running layer and the prefetched
+    ones (stage3_prefetch_bucket_size)."""
     weight = DTYPE_BYTES[dtype]
     if zero_stage == 0:
         return 0
     # Allocated whole (torch.empty(reduce_bucket_size)) whatever the model's size.
     bucket = buckets.reduce_bucket_size * weight
     if zero_stage < 3:
+        if not buckets.contiguous_gradients:
+            return 0
         return bucket * (2 if pipeline or buckets.overlap_comm else 1)
     per_module: dict[str, int] = {}
     for t in tensors:
@@ -513,7 +521,7 @@ def memory_components(memory: StageMemory, reserved: float) -> list[tuple[str, f
         parts.remove(("recomputed layer", memory.recompute))
     if memory.step_is_peak:  # after backward: the activations are gone
         parts = [p for p in parts if p[0] not in ("activations", "output layer", "recomputed layer")]
-        parts.append(("optimizer step", memory.step))
+        parts.append(("step transient", memory.step))
     return sorted((p for p in parts if p[1] > 0), key=lambda p: -p[1])
 
 

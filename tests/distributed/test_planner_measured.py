@@ -166,8 +166,9 @@ WHOLE_PEAK_CASES = {
 
 @pytest.fixture(scope="module")
 def whole_peaks(tmp_path_factory) -> dict[str, list[dict]]:
-    """Each case run twice, each rank's smaller peak kept: a process's peak is not the same every
-    run (one gradient copy, 12.5 MiB, higher in 2 of 14 single-process runs; cause not found)."""
+    """Each case run twice, each rank's smaller peak kept: the tracker reads high by what other
+    threads free (integration.planner.allocations), the likely reason 2 of 14 single-process runs
+    read one gradient copy, 12.5 MiB, higher."""
     peaks = {}
     for name, (processes, overrides) in WHOLE_PEAK_CASES.items():
         runs = [
@@ -192,4 +193,4 @@ def test_predicted_stage_total_within_10_percent_of_the_whole_process_peak(whole
         assert 0.9 <= memory.total / row["peak"] <= 1.1, (rank, stage, row["peak"], memory)
         # Where backward keeps little, only the step's transient brings the prediction this close.
         if name == "single full recompute" or (name == "pp2 zero1" and rank == 1):
-            assert memory.step > 2 * memory.peak_activations, memory
+            assert memory.step > 1.5 * memory.peak_activations, memory

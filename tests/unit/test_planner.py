@@ -223,6 +223,8 @@ def test_zero_buffers_follow_the_comm_group_and_the_pipeline_engine(typed_config
     assert zero_buffers(tensors, 1, "bf16", pipeline=True) == 2 * ZERO_REDUCE_BUCKET_SIZE * 2
     assert zero_buffers(tensors, 0, "bf16", pipeline=True) == 0
     assert ZeroBuckets.from_comm(typed_config([]).comm) == ZeroBuckets()
+    no_contiguous = ZeroBuckets.from_comm(typed_config(["comm.contiguous_gradients=false"]).comm)
+    assert zero_buffers(tensors, 1, "bf16", pipeline=True, buckets=no_contiguous) == 0
 
 
 def test_step_transient_is_the_flat_gradient_copy_and_adams_temporaries(typed_config):
@@ -254,7 +256,7 @@ def test_stage_total_takes_the_larger_of_backward_and_the_step(typed_config):
     assert m.step > m.peak_activations  # full recompute keeps little; the gradient copy is larger
     assert m.total == m.states.total + m.buffers + m.step
     names = [name for name, _ in memory_components(m, 0)]
-    assert "optimizer step" in names and "activations" not in names
+    assert "step transient" in names and "activations" not in names
 
 
 def test_first_pipeline_stage_holds_p_micro_batches(typed_config):
