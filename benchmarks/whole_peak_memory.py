@@ -15,29 +15,19 @@ fixed 2 GB hides everything else) except in the cases named "default buckets".
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RUN = [
-    "stability=off",
-    "precision=fp32",
-    "model.hidden_size=256",
-    "model.ffn_hidden_size=1024",
-    "trainer.max_steps=3",
-    "optim.warmup_steps=2",
-    "trainer.eval_interval=0",
-    "wandb.mode=disabled",
-    "checkpoint.save_at_end=false",
-    "checkpoint.resume=false",
-    "trainer.progress=false",
-]
+import planner_accuracy  # noqa: E402
+from planner_accuracy import compose  # noqa: E402
+
+# The planner-accuracy model and run settings, 3 steps.
+RUN = [*planner_accuracy.MODEL, *planner_accuracy.RUN, "trainer.max_steps=3"]
 SMALL = "comm.reduce_bucket_size=500000"
 CASES = [
     ("single mbs2", 1, []),
@@ -58,46 +48,18 @@ CASES = [
 GOAL = 0.10
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def measure(processes: int, overrides: list[str], out: Path) -> list[dict]:
-    launcher = (
-        ["torchrun", "--nproc_per_node", str(processes), "--master_port", str(free_port()), "-m"]
-        if processes > 1
-        else [sys.executable, "-m"]
-    )
-    command = [
-        *launcher,
-        "integration.planner.allocations",
-        str(out / "peaks"),
-        str(PROJECT_ROOT / "launch" / "train.py"),
-        f"run.dir={out / 'run'}",
-        *RUN,
-        *overrides,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    proc = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(command)} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}"
-        )
+    """Each rank's {"peak", "end", "events"} for launch/train.py under the tracker."""
+    tracked = ["-m", "integration.planner.allocations", str(out / "peaks"), str(planner_accuracy.TRAIN)]
+    planner_accuracy.torchrun(processes, [*tracked, f"run.dir={out / 'run'}", *RUN, *overrides])
     return [json.loads((out / "peaks" / f"rank{r}.json").read_text()) for r in range(processes)]
 
 
 def predicted(processes: int, overrides: list[str], rank: int):
-    from hydra import compose, initialize_config_dir
-
     from integration.cluster_fit import predicted_stages, requested_choice
-    from integration.config import register_schemas, to_typed
     from integration.validate import validate
 
-    register_schemas()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        config = to_typed(compose(config_name="train", overrides=[*RUN, *overrides]))
+    config = compose([*RUN, *overrides])
     layout = validate(config, processes, cuda_available=False).layout
     stage = layout.coordinates(rank)[2]
     # CPU attention is torch SDPA: no score matrices, as the launch-time check assumes on CPU.
